@@ -1,0 +1,38 @@
+# Quayside: two commands do all set-up on a fresh machine — `make run` and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+export QUAYSIDE_HOME ?= $(CURDIR)/.quayside
+export DAGSTER_HOME ?= $(QUAYSIDE_HOME)/dagster
+export PYTHONWARNINGS ?= ignore
+
+.PHONY: install run demo-data ui test test-fast bench clean
+
+$(VENV)/.installed: pyproject.toml uv.lock
+	@command -v uv >/dev/null || python3 -m pip install --quiet 'uv==0.13.9'
+	uv sync --frozen --python 3.11
+	@touch $@
+
+install: $(VENV)/.installed
+
+$(DAGSTER_HOME)/dagster.yaml:
+	@mkdir -p $(DAGSTER_HOME) && touch $@
+
+## make run: install, generate the demo tenant's files, materialise every asset, print a summary
+run: install $(DAGSTER_HOME)/dagster.yaml
+	$(PY) -m quayside.cli demo --end $$(date -u -d yesterday +%F)
+	$(PY) -m lake_assets.run
+
+## make ui: the Dagster UI on 127.0.0.1:3000, sensors and schedules on
+ui: install $(DAGSTER_HOME)/dagster.yaml
+	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+
+## make test: the whole suite (starts its own servers on 127.0.0.1)
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) benchmarks/cdc_merge.py
+
+clean:
+	rm -rf $(QUAYSIDE_HOME)

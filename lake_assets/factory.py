@@ -1,0 +1,194 @@
+"""Dataset spec → Dagster definitions: raw and staged assets, checks, partitions, freshness, sensor.
+
+Asset bodies only call the plain-Python core (`quayside.ingest`, `quayside.checks`) and turn
+its reports into metadata the UI shows.
+"""
+
+
+from datetime import date, timedelta
+
+import dagster as dg
+import pyarrow as pa
+
+from quayside import checks
+from quayside.ingest import LandReport, StageReport, land, stage
+from quayside.specs import DatasetSpec
+from resources import LakeResource
+from sensors.landing import build_landing_sensor
+
+PREVIEW_ROWS = 10
+
+
+class LandingFiles(dg.Config):
+    """Which landing files to take; empty means every matching file of the run's batch(es)."""
+
+    files: list[str] = []
+
+
+def partitions_for(spec: DatasetSpec) -> dg.DailyPartitionsDefinition | None:
+    if not spec.daily_partitioned:
+        return None
+    # A day's batch becomes a partition once the day is over; files of today wait in landing.
+    return dg.DailyPartitionsDefinition(start_date=spec.partitioning.start.isoformat())
+
+
+def batch_dates(context: dg.AssetExecutionContext) -> list[date | None]:
+    if not context.has_partition_key_range and not context.has_partition_key:
+        return [None]
+    window = context.partition_time_window
+    days = (window.end - window.start).days
+    return [window.start.date() + timedelta(days=i) for i in range(days)]
+
+
+def column_schema(spec: DatasetSpec) -> dg.TableSchema:
+    cols = [dg.TableColumn(c.name, c.type, description=c.description + (" [PII]" if c.pii else ""),
+                           constraints=dg.TableColumnConstraints(
+                               nullable=c.nullable, unique=spec.primary_key == [c.name],
+                               other=[f"{k}: {v}" for k, v in (("enum", c.enum), ("pattern", c.pattern),
+                                                               ("min", c.min), ("max", c.max)) if v is not None]),
+                           tags={"pii": "true"} if c.pii else None)
+            for c in spec.columns]
+    lineage = [("_source_file", "string", "raw-zone file the row came from"),
+               ("_batch_date", "date", "daily batch the file belongs to"),
+               ("_ingested_at", "timestamptz", "when the file entered the raw zone")]
+    return dg.TableSchema(columns=cols + [dg.TableColumn(n, t, description=d) for n, t, d in lineage])
+
+
+def preview_markdown(spec: DatasetSpec, data: pa.Table | None) -> dg.MetadataValue:
+    """A first-rows table for the UI, with PII columns masked."""
+    if data is None or data.num_rows == 0:
+        return dg.MetadataValue.md("_no rows_")
+    pii = {c.name for c in spec.columns if c.pii}
+    rows = data.slice(0, PREVIEW_ROWS).to_pylist()
+    names = [n for n in data.column_names if not n.startswith("_")]
+    lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+    for row in rows:
+        lines.append("| " + " | ".join("•••" if n in pii else str(row[n]) for n in names) + " |")
+    return dg.MetadataValue.md("\n".join(lines))
+
+
+def build_dataset(spec: DatasetSpec) -> dg.Definitions:
+    raw_key = dg.AssetKey(["raw", spec.domain, spec.name])
+    staged_key = dg.AssetKey(["staged", spec.domain, spec.name])
+    history_key = dg.AssetKey(["staged", spec.domain, spec.history_table])
+    partitions = partitions_for(spec)
+    backfill = dg.BackfillPolicy.single_run() if partitions else None
+    freshness = (dg.FreshnessPolicy.time_window(
+        fail_window=timedelta(hours=spec.freshness.fail_after_hours),
+        warn_window=timedelta(hours=spec.freshness.warn_after_hours) if spec.freshness.warn_after_hours else None)
+        if spec.freshness else None)
+    common = {"group_name": spec.domain, "owners": [spec.owner], "partitions_def": partitions}
+
+    @dg.asset(key=raw_key, description=f"Immutable raw copies of the files of "
+              f"{spec.key}: {spec.description}", kinds={spec.source.format},
+              backfill_policy=backfill, freshness_policy=freshness,
+              metadata={"landing_location": spec.source.location, "pattern": spec.source.pattern}, **common)
+    def raw_asset(context: dg.AssetExecutionContext, config: LandingFiles, lake: LakeResource) -> dg.MaterializeResult:
+        days = batch_dates(context)
+        report = land(lake.lake, spec, keys=config.files or None, run_id=context.run_id,
+                      batch_dates=None if days == [None] else set(days))
+        context.log.info(f"{spec.key}: {len(report.accepted)} file(s) copied to raw, "
+                         f"{len(report.duplicates)} duplicate(s) skipped")
+        return dg.MaterializeResult(metadata=land_metadata(report))
+
+    staged_specs = [dg.AssetSpec(staged_key, deps=[raw_key], description=spec.description, freshness_policy=freshness,
+                                 kinds={"iceberg", "duckdb"}, automation_condition=dg.AutomationCondition.eager(),
+                                 metadata={"dagster/column_schema": column_schema(spec),
+                                           "dagster/table_name": f"{spec.staged_namespace}.{spec.name}",
+                                           "load_mode": spec.load_mode, "primary_key": ", ".join(spec.primary_key)},
+                                 **common)]
+    if spec.load_mode == "cdc":
+        staged_specs.append(dg.AssetSpec(
+            history_key, deps=[raw_key], description=f"SCD type 2 history of {spec.key}",
+            kinds={"iceberg", "duckdb"}, metadata={"dagster/table_name": f"{spec.staged_namespace}.{spec.history_table}"},
+            **common))
+
+    @dg.multi_asset(specs=staged_specs, name=f"staged__{spec.domain}__{spec.name}", backfill_policy=backfill,
+                    partitions_def=partitions, can_subset=False)
+    def staged_asset(context: dg.AssetExecutionContext, lake: LakeResource):
+        reports = [stage(lake.lake, spec, day, run_id=context.run_id) for day in batch_dates(context)]
+        for report in reports:
+            context.log.info(f"{spec.key} batch {report.batch_date or 'all'}: {report.rows_in} rows in, "
+                             f"{report.rows_staged} staged, {report.rows_quarantined} quarantined, "
+                             f"{len(report.quarantined_files)} file(s) quarantined")
+        yield dg.MaterializeResult(asset_key=staged_key, metadata=stage_metadata(spec, reports, lake))
+        if spec.load_mode == "cdc":
+            history = lake.lake.load_table(spec.staged_namespace, spec.history_table)
+            rows = history.current_snapshot().summary.get("total-records") if history and history.current_snapshot() else 0
+            yield dg.MaterializeResult(asset_key=history_key, metadata={"dagster/row_count": int(rows or 0)})
+
+    definitions = [raw_asset, staged_asset]
+    asset_checks = build_checks(spec, staged_key)
+    if partitions and spec.freshness:
+        asset_checks += list(dg.build_time_partition_freshness_checks(
+            assets=[staged_asset], deadline_cron=f"0 {min(23, int(spec.freshness.fail_after_hours) % 24)} * * *"))
+    sensors = [build_landing_sensor(spec, [raw_key] + [s.key for s in staged_specs], partitions)]
+    schedules = []
+    if partitions:
+        job = dg.define_asset_job(f"{spec.domain}__{spec.name}__daily", selection=[raw_key, staged_key],
+                                  partitions_def=partitions)
+        schedules.append(dg.build_schedule_from_partitioned_job(
+            job, hour_of_day=6, default_status=dg.DefaultScheduleStatus.RUNNING,
+            description=f"Catch-up: (re)builds yesterday's batch of {spec.key} from whatever landed"))
+    return dg.Definitions(assets=definitions, asset_checks=asset_checks, sensors=sensors, schedules=schedules)
+
+
+def land_metadata(report: LandReport) -> dict:
+    rows = report.accepted + report.duplicates
+    table = "\n".join(f"| {r['original_name']} | {r['status']} | {r['size_bytes']:,} | {r['sha256'][:12]} | "
+                      f"{r['batch_date']} |" for r in rows[:50])
+    return {
+        "files_accepted": len(report.accepted),
+        "duplicates_skipped": len(report.duplicates),
+        "bytes": sum(r["size_bytes"] for r in report.accepted),
+        "files": dg.MetadataValue.md("| file | status | bytes | sha256 | batch |\n|---|---|---|---|---|\n" + table
+                                     if rows else "_no new files_"),
+    }
+
+
+def stage_metadata(spec: DatasetSpec, reports: list[StageReport], lake: LakeResource) -> dict:
+    table = lake.lake.load_table(spec.staged_namespace, spec.name)
+    snapshot = table.current_snapshot() if table else None
+    quarantined = [q for r in reports for q in r.quarantined_files]
+    rows_in = sum(r.rows_in for r in reports)
+    metadata = {
+        "dagster/row_count": int(snapshot.summary.get("total-records", 0)) if snapshot else 0,
+        "rows_in": rows_in,
+        "rows_staged": sum(r.rows_staged for r in reports),
+        "rows_quarantined": sum(r.rows_quarantined for r in reports),
+        "files_read": sum(len(r.files) for r in reports),
+        "files_quarantined": len(quarantined),
+        "reconciled": all(r.reconciled for r in reports),
+        "preview": preview_markdown(spec, next((r.preview for r in reversed(reports) if r.preview is not None), None)),
+    }
+    if quarantined:
+        metadata["quarantine"] = dg.MetadataValue.md("| file | field | reason |\n|---|---|---|\n" + "\n".join(
+            f"| {q['raw_key']} | {q['field']} | {q['reason'].replace('|', '/')} |" for q in quarantined[:50]))
+    drifted = sorted({c for r in reports for c in r.new_columns})
+    if drifted:
+        metadata["schema_drift_added_columns"] = ", ".join(drifted)
+    if snapshot:
+        metadata["iceberg_snapshot_id"] = str(snapshot.snapshot_id)
+    cdc_results = [result for r in reports for result in r.cdc]
+    if cdc_results:
+        metadata["cdc_merges"] = dg.MetadataValue.json([vars(result) for result in cdc_results])
+    return metadata
+
+
+def build_checks(spec: DatasetSpec, staged_key: dg.AssetKey) -> list[dg.AssetChecksDefinition]:
+    """The spec's quality checks on the staged table; all blocking: a failure stops downstream assets."""
+    made = []
+    for check in (checks.schema_conforms, checks.primary_key_unique, checks.rows_reconcile, checks.column_rules):
+        made.append(_make_check(spec, staged_key, check))
+    return made
+
+
+def _make_check(spec: DatasetSpec, staged_key: dg.AssetKey, check) -> dg.AssetChecksDefinition:
+    @dg.asset_check(asset=staged_key, name=check.__name__, description=check.__doc__, blocking=True)
+    def _check(lake: LakeResource) -> dg.AssetCheckResult:
+        outcome = check(lake.lake, spec)
+        return dg.AssetCheckResult(passed=outcome.passed, description=outcome.description,
+                                   metadata={k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                                             for k, v in outcome.metadata.items()})
+
+    return _check

@@ -1,0 +1,85 @@
+"""`quayside` command line: look at and query the lake, generate demo data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import date
+
+from quayside.lake import Lake
+
+
+def _print_table(headers: list[str], rows: list[list[object]]) -> None:
+    cells = [[str(h) for h in headers]] + [["" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for n, row in enumerate(cells):
+        print("  ".join(v.rjust(w) if n and v.replace(",", "").isdigit() else v.ljust(w) for v, w in zip(row, widths)))
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def cmd_tables(args: argparse.Namespace) -> int:
+    tables = Lake().tables()
+    if args.json:
+        print(json.dumps([t.as_dict() for t in tables], indent=2))
+        return 0
+    _print_table(["zone", "namespace", "name", "rows", "updated_at"],
+                 [[t.zone, t.namespace, t.name, f"{t.rows:,}",
+                   t.updated_at.strftime("%Y-%m-%d %H:%M:%S") if t.updated_at else ""] for t in tables])
+    return 0
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    con = Lake().connect()
+    try:
+        result = con.sql(args.query)
+    except Exception as exc:  # duckdb raises many error types; the user wants the message
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if result is None:
+        return 0
+    rows = result.fetchmany(args.limit + 1)
+    if args.json:
+        print(json.dumps([dict(zip(result.columns, r)) for r in rows[: args.limit]], default=str, indent=2))
+    else:
+        _print_table(result.columns, [list(r) for r in rows[: args.limit]])
+        if len(rows) > args.limit:
+            print(f"... (first {args.limit} rows; use --limit)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from quayside.demo import generate
+
+    started = time.perf_counter()
+    summary = generate(Lake(), scale=args.scale, seed=args.seed, days=args.days, end=date.fromisoformat(args.end))
+    print(f"demo data written to landing in {time.perf_counter() - started:.1f}s")
+    print(summary)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="quayside", description="Quayside data lake")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("tables", help="list every table in the lake")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.set_defaults(func=cmd_tables)
+    p = sub.add_parser("sql", help="run DuckDB SQL over the lake; tables are <namespace>.<table>")
+    p.add_argument("query")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_sql)
+    p = sub.add_parser("demo", help="write the demo tenant's source files into landing")
+    p.add_argument("--scale", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--days", type=int, default=7)
+    p.add_argument("--end", default="2026-11-01")
+    p.set_defaults(func=cmd_demo)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

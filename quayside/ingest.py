@@ -1,0 +1,607 @@
+"""Every path a file takes, top to bottom: landing → raw → staged | quarantine.
+
+1. `land` copies new landing files byte-for-byte into the raw zone
+   (`raw/<domain>/<dataset>/ingest_date=YYYY-MM-DD/<file>`), verifies the copy's sha256,
+   records a manifest row per file and only then deletes/archives the landing file (per spec).
+   A file whose bytes are already in the manifest is recorded as a duplicate, not copied again.
+2. `stage` reads a batch of raw files, types and validates every row against the spec in
+   DuckDB, writes good rows to the staged Iceberg table (replacing that batch, so re-runs are
+   idempotent) and bad rows/files to quarantine with a machine-readable reason. Every file's
+   counts go to `staged.loads`, so rows in = rows staged + rows quarantined can be checked.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from pathlib import PurePosixPath
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyiceberg.exceptions import CommitFailedException
+from pyiceberg.expressions import And, BooleanExpression, EqualTo, In
+from pyiceberg.table import Table
+
+from quayside.lake import Lake, Storage
+from quayside.specs import LINEAGE_COLUMNS, IDENTIFIER, Column, DatasetSpec
+
+SYSTEM_NAMESPACE_TABLES = {
+    ("raw", "manifest"): pa.schema([
+        ("dataset", pa.string()), ("landing_key", pa.string()), ("original_name", pa.string()),
+        ("raw_key", pa.string()), ("size_bytes", pa.int64()), ("sha256", pa.string()),
+        ("received_at", pa.timestamp("us", tz="UTC")), ("ingested_at", pa.timestamp("us", tz="UTC")),
+        ("batch_date", pa.date32()), ("status", pa.string()), ("run_id", pa.string()),
+    ]),
+    ("staged", "loads"): pa.schema([
+        ("dataset", pa.string()), ("raw_key", pa.string()), ("batch_date", pa.date32()),
+        ("rows_in", pa.int64()), ("rows_staged", pa.int64()), ("rows_quarantined", pa.int64()),
+        ("status", pa.string()), ("loaded_at", pa.timestamp("us", tz="UTC")), ("run_id", pa.string()),
+    ]),
+    ("quarantine", "files"): pa.schema([
+        ("dataset", pa.string()), ("raw_key", pa.string()), ("quarantine_key", pa.string()),
+        ("batch_date", pa.date32()), ("reason", pa.string()), ("field", pa.string()),
+        ("quarantined_at", pa.timestamp("us", tz="UTC")), ("run_id", pa.string()),
+    ]),
+    ("quarantine", "rows"): pa.schema([
+        ("dataset", pa.string()), ("raw_key", pa.string()), ("batch_date", pa.date32()),
+        ("row_number", pa.int64()), ("field", pa.string()), ("reason", pa.string()), ("record", pa.string()),
+        ("quarantined_at", pa.timestamp("us", tz="UTC")), ("run_id", pa.string()),
+    ]),
+}
+
+DUCKDB_TYPES = {"string": "VARCHAR", "int": "BIGINT", "float": "DOUBLE", "bool": "BOOLEAN", "date": "DATE",
+                "timestamp": "TIMESTAMP", "timestamptz": "TIMESTAMPTZ"}
+ARROW_TYPES = {"string": pa.string(), "int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(),
+               "date": pa.date32(), "timestamp": pa.timestamp("us"), "timestamptz": pa.timestamp("us", tz="UTC")}
+# CDC bookkeeping columns carried from DMS files into the merge.
+CDC_COLUMNS = pa.schema([("_op", pa.string()), ("_cdc_ts", pa.timestamp("us")), ("_cdc_seq", pa.string())])
+
+
+class IngestError(Exception):
+    """A whole file cannot be staged; `field` names the offending column when there is one."""
+
+    def __init__(self, reason: str, field: str = ""):
+        super().__init__(reason)
+        self.reason, self.field = reason, field
+
+
+# --- names and types ------------------------------------------------------------------
+def duckdb_type(column: Column) -> str:
+    return DUCKDB_TYPES.get(column.type) or column.type.upper()
+
+
+def arrow_type(column: Column) -> pa.DataType:
+    if column.type.startswith("decimal"):
+        precision, scale = column.type[8:-1].split(",")
+        return pa.decimal128(int(precision), int(scale))
+    return ARROW_TYPES[column.type]
+
+
+def staged_schema(spec: DatasetSpec) -> pa.Schema:
+    return pa.schema([pa.field(c.name, arrow_type(c)) for c in spec.columns] + [
+        ("_source_file", pa.string()), ("_batch_date", pa.date32()), ("_ingested_at", pa.timestamp("us", tz="UTC"))])
+
+
+def sql_literal(value: object) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return repr(value)
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def retry_commit(action: Callable[[], None], attempts: int = 8) -> None:
+    """Iceberg commits are optimistic: parallel runs writing one table retry on conflict."""
+    for attempt in range(attempts):
+        try:
+            return action()
+        except CommitFailedException:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * 2**attempt)
+
+
+def system_table(lake: Lake, namespace: str, name: str) -> Table:
+    return lake.load_table(namespace, name) or lake.create_table(namespace, name, SYSTEM_NAMESPACE_TABLES[(namespace, name)])
+
+
+def replace_rows(lake: Lake, namespace: str, name: str, rows: pa.Table | list[dict], where: BooleanExpression) -> None:
+    """Replace the rows matching `where` with `rows` in one commit (idempotent re-runs)."""
+    schema = SYSTEM_NAMESPACE_TABLES[(namespace, name)]
+    data = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=schema)
+
+    def commit() -> None:
+        system_table(lake, namespace, name).overwrite(data.cast(schema), overwrite_filter=where)
+
+    retry_commit(commit)
+
+
+def read_system(lake: Lake, namespace: str, name: str, where: BooleanExpression) -> pa.Table:
+    table = lake.load_table(namespace, name)
+    if table is None:
+        return SYSTEM_NAMESPACE_TABLES[(namespace, name)].empty_table()
+    return table.scan(row_filter=where).to_arrow()
+
+
+# --- 1. landing → raw -----------------------------------------------------------------
+@dataclass
+class LandReport:
+    accepted: list[dict] = field(default_factory=list)
+    duplicates: list[dict] = field(default_factory=list)
+
+    @property
+    def batch_dates(self) -> list[date]:
+        return sorted({row["batch_date"] for row in self.accepted})
+
+
+def landing_files(lake: Lake, spec: DatasetSpec, start_after: str = "") -> list:
+    """The dataset's files in landing (keys under its location whose base name matches its pattern)."""
+    return [f for f in lake.landing.list(spec.source.location, start_after)
+            if spec.source.matches(PurePosixPath(f.key).name)]
+
+
+def batch_date_of(spec: DatasetSpec, file_name: str, received: datetime) -> date:
+    """The daily batch a file belongs to: the date in its name if the pattern has one, else arrival day."""
+    match = spec.source.matches(file_name)
+    if match and match.groupdict().get("date"):
+        return date.fromisoformat(match.group("date"))
+    return received.astimezone(timezone.utc).date()
+
+
+def land(lake: Lake, spec: DatasetSpec, keys: list[str] | None = None, run_id: str = "",
+         batch_dates: set[date] | None = None) -> LandReport:
+    """Copy new landing files into raw; `keys=None` takes every matching file in landing,
+    `batch_dates` keeps only files of those daily batches."""
+    files = landing_files(lake, spec) if keys is None else [lake.landing.info(k) for k in keys]
+    if batch_dates is not None:
+        files = [f for f in files if f is None or batch_date_of(spec, PurePosixPath(f.key).name, f.modified) in batch_dates]
+    manifest = read_system(lake, "raw", "manifest", EqualTo("dataset", spec.key))
+    known = dict(zip(manifest["sha256"].to_pylist(), manifest["raw_key"].to_pylist()))
+    seen_landing = set(zip(manifest["landing_key"].to_pylist(), manifest["sha256"].to_pylist()))
+    report, ingested_at = LandReport(), now_utc()
+    for info in files:
+        if info is None:
+            continue  # listed, then gone before we looked: the next tick sees whatever replaced it
+        name = PurePosixPath(info.key).name
+        if not spec.source.matches(name) or not info.key.startswith(spec.source.location):
+            raise IngestError(f"{spec.key}: landing file {info.key!r} does not belong to this dataset", "source.pattern")
+        sha = lake.landing.sha256(info.key)
+        row = {"dataset": spec.key, "landing_key": info.key, "original_name": name, "size_bytes": info.size,
+               "sha256": sha, "received_at": info.modified, "ingested_at": ingested_at,
+               "batch_date": batch_date_of(spec, name, info.modified), "run_id": run_id}
+        if (info.key, sha) in seen_landing:
+            continue  # this very file was ingested before (re-run): nothing to do
+        if sha in known:
+            report.duplicates.append(row | {"raw_key": known[sha], "status": "duplicate"})
+        else:
+            row["raw_key"] = _copy_verified(lake, spec, info.key, sha, ingested_at.date())
+            known[sha] = row["raw_key"]
+            report.accepted.append(row | {"status": "accepted"})
+        seen_landing.add((info.key, sha))
+    rows = report.accepted + report.duplicates
+    if rows:
+        retry_commit(lambda: system_table(lake, "raw", "manifest").append(
+            pa.Table.from_pylist(rows, schema=SYSTEM_NAMESPACE_TABLES[("raw", "manifest")])))
+    # Only now, with the copies verified and recorded, may landing files go.
+    for row in rows:
+        _after_ingest(lake.landing, spec, row["landing_key"])
+    return report
+
+
+def _copy_verified(lake: Lake, spec: DatasetSpec, landing_key: str, sha: str, ingest_day: date) -> str:
+    name = PurePosixPath(landing_key)
+    folder = f"{spec.domain}/{spec.name}/ingest_date={ingest_day.isoformat()}"
+    raw_key = f"{folder}/{name.name}"
+    existing = lake.raw.info(raw_key)
+    if existing is not None:
+        if lake.raw.sha256(raw_key) == sha:
+            return raw_key  # copied by an earlier attempt that failed before recording it
+        raw_key = f"{folder}/{name.stem}.{sha[:12]}{name.suffix}"  # raw is immutable: never overwrite
+    copied_sha, _ = lake.raw.copy_from(lake.landing, landing_key, raw_key)
+    if copied_sha != sha or lake.raw.sha256(raw_key) != sha:
+        raise IngestError(f"{spec.key}: raw copy of {landing_key!r} does not match its sha256 (landing file kept)")
+    return raw_key
+
+
+def _after_ingest(landing: Storage, spec: DatasetSpec, key: str) -> None:
+    if spec.source.after_ingest == "delete":
+        landing.delete(key)
+    elif spec.source.after_ingest == "archive":
+        landing.copy_from(landing, key, f"_archive/{key}")
+        landing.delete(key)
+
+
+# --- 2. raw → typed rows ----------------------------------------------------------------
+@dataclass
+class FileRead:
+    """One raw file read against its spec: good rows, rejected rows, new (drifted) columns."""
+
+    raw_key: str
+    rows_in: int
+    valid: pa.Table
+    rejected: list[dict]
+    new_columns: list[str] = field(default_factory=list)
+
+
+def read_raw_file(lake: Lake, spec: DatasetSpec, raw_key: str, con: duckdb.DuckDBPyConnection) -> FileRead:
+    """Read, type and validate one raw file. Raises IngestError when the whole file is unusable."""
+    info = lake.raw.info(raw_key)
+    if info is None:
+        raise IngestError(f"{spec.key}: raw file {raw_key!r} is missing")
+    if info.size == 0:
+        raise IngestError(f"{spec.key}: {raw_key}: empty file (0 bytes)")
+    path = lake.raw.duckdb_path(raw_key)
+    fmt = spec.source.format
+    try:
+        if fmt == "csv":
+            source, rejected = _read_csv(lake.raw, spec, raw_key, path, con)
+        elif fmt == "jsonl":
+            source, rejected = _read_jsonl(spec, path, con), []
+        else:
+            con.execute(f"CREATE OR REPLACE TEMP TABLE parquet_rows AS "
+                        f"SELECT row_number() OVER () AS _row, * FROM read_parquet('{_escape(path)}', hive_partitioning=false)")
+            source, rejected = "parquet_rows", []
+        names = [name for name, *_ in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()]
+    except duckdb.Error as exc:
+        raise IngestError(f"{spec.key}: {raw_key}: cannot read {fmt}: {_first_line(exc)}") from None
+    new_columns = _check_columns(spec, raw_key, names)
+    try:
+        valid, bad = _type_and_validate(spec, source, names, new_columns, con)
+    except duckdb.Error as exc:
+        raise IngestError(f"{spec.key}: {raw_key}: cannot read {fmt}: {_first_line(exc)}") from None
+    rows_in = valid.num_rows + len(bad) + len(rejected)
+    return FileRead(raw_key, rows_in, valid, rejected + bad, new_columns)
+
+
+def _escape(text: str) -> str:
+    return text.replace("'", "''")
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0][:300]
+
+
+def _read_csv(storage: Storage, spec: DatasetSpec, raw_key: str, path: str, con: duckdb.DuckDBPyConnection):
+    opts = spec.source.csv
+    if not opts.header:
+        raise IngestError(f"{spec.key}: {raw_key}: CSV without a header row is not supported", "source.csv.header")
+    with storage.open(raw_key) as f:
+        head = f.read(1 << 16).decode(opts.encoding, errors="replace")
+    header = next(csv.reader(io.StringIO(head), delimiter=opts.delimiter, quotechar=opts.quote_char), [])
+    names = [h.strip().lower() for h in header]
+    if not names or len(set(names)) != len(names) or not all(names):
+        raise IngestError(f"{spec.key}: {raw_key}: header row {header!r} is empty or has duplicate names", "header")
+    columns = "{" + ", ".join(f"'{_escape(n)}': 'VARCHAR'" for n in names) + "}"
+    nulls = "[" + ", ".join(sql_literal(v) for v in opts.null_values) + "]"
+    q = sql_literal(opts.quote_char)
+    source = (f"read_csv('{_escape(path)}', header=true, hive_partitioning=false, auto_detect=false, columns={columns}, "
+              f"delim={sql_literal(opts.delimiter)}, quote={q}, escape={q}, nullstr={nulls}, "
+              f"encoding={sql_literal(opts.encoding)}, strict_mode=true, store_rejects=true, "
+              f"rejects_table='csv_rejects', rejects_scan='csv_reject_scans')")
+    con.execute("DROP TABLE IF EXISTS csv_rejects; DROP TABLE IF EXISTS csv_reject_scans")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE csv_rows AS SELECT row_number() OVER () AS _row, * FROM {source}")
+    rejects = con.execute("SELECT line, error_type, error_message, csv_line FROM csv_rejects ORDER BY line").fetchall()
+    for line, error_type, message, _ in rejects:
+        if error_type == "UNQUOTED VALUE":  # an unterminated quote swallows the rest of the file
+            raise IngestError(f"{spec.key}: {raw_key}: malformed CSV at line {line}: {message}", "")
+    first_per_line = {line: (message, raw_line) for line, _, message, raw_line in reversed(rejects)}
+    rejected = [{"row_number": line, "field": "", "reason": f"malformed CSV row: {message}", "record": raw_line}
+                for line, (message, raw_line) in sorted(first_per_line.items())]
+    return "csv_rows", rejected
+
+
+def _read_jsonl(spec: DatasetSpec, path: str, con: duckdb.DuckDBPyConnection) -> str:
+    con.execute(f"CREATE OR REPLACE TEMP TABLE json_lines AS SELECT row_number() OVER () AS _row, json "
+                f"FROM read_ndjson_objects('{_escape(path)}', hive_partitioning=false)")
+    keys = [k for (k,) in con.execute(
+        "SELECT DISTINCT unnest(json_keys(json)) AS k FROM json_lines ORDER BY k").fetchall()]
+    bad_keys = [k for k in keys if not IDENTIFIER.match(k.lower())]
+    if bad_keys:
+        raise IngestError(f"{spec.key}: unexpected field name {bad_keys[0]!r} is not a valid identifier", bad_keys[0])
+    selects = ", ".join(f"json_extract_string(json, {sql_literal('$.' + k)}) AS \"{k.lower()}\"" for k in keys)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE json_rows AS SELECT _row, {selects or 'NULL AS _empty'} FROM json_lines")
+    return "json_rows"
+
+
+def _check_columns(spec: DatasetSpec, raw_key: str, names: list[str]) -> list[str]:
+    present = {n.lower() for n in names} - {"_row"}
+    expected = {c.name for c in spec.columns}
+    if spec.load_mode == "cdc":
+        cdc = spec.cdc
+        present -= {cdc.op_column.lower(), cdc.timestamp_column.lower()}
+        if cdc.sequence_column:
+            present.discard(cdc.sequence_column.lower())
+    for column in spec.columns:
+        if column.name not in present and not column.nullable:
+            raise IngestError(f"{spec.key}: {raw_key}: required column {column.name!r} is missing", column.name)
+    extra = sorted(present - expected)
+    if extra and spec.schema_drift == "quarantine":
+        raise IngestError(f"{spec.key}: {raw_key}: unexpected column {extra[0]!r} (schema_drift: quarantine)", extra[0])
+    for name in extra:
+        if not IDENTIFIER.match(name) or name in LINEAGE_COLUMNS:
+            raise IngestError(f"{spec.key}: {raw_key}: unexpected column {name!r} is not a valid identifier", name)
+    return extra
+
+
+def column_checks(column: Column, src: str, typed: str) -> list[tuple[str, str]]:
+    """(condition, reason) SQL pairs for one column; the first condition that holds rejects the row.
+
+    Reasons quote the offending value, except for PII columns.
+    """
+    value = "''" if column.pii else f"coalesce(CAST({src} AS VARCHAR), '')"
+
+    def says(text: str, with_value: bool = True) -> str:
+        prefix = sql_literal(f"{column.name}: {text}")
+        return f"{prefix} || ': ' || {value}" if with_value and not column.pii else prefix
+
+    checks = []
+    if column.type != "string":
+        checks.append((f"{src} IS NOT NULL AND {typed} IS NULL", says(f"not a valid {column.type}")))
+    if not column.nullable:
+        checks.append((f"{typed} IS NULL", says("required value is missing", with_value=False)))
+    if column.enum is not None:
+        allowed = ", ".join(sql_literal(v) for v in column.enum)
+        checks.append((f"{typed} NOT IN ({allowed})", says(f"not one of {', '.join(column.enum)}")))
+    if column.pattern is not None:
+        checks.append((f"NOT regexp_full_match({typed}, {sql_literal(column.pattern)})",
+                       says(f"does not match the pattern {column.pattern}")))
+    bound_type = duckdb_type(column)
+    if column.min is not None:
+        checks.append((f"{typed} < CAST({sql_literal(column.min)} AS {bound_type})", says(f"below the minimum {column.min}")))
+    if column.max is not None:
+        checks.append((f"{typed} > CAST({sql_literal(column.max)} AS {bound_type})", says(f"above the maximum {column.max}")))
+    return checks
+
+
+def _type_and_validate(spec: DatasetSpec, source: str, names: list[str], new_columns: list[str],
+                       con: duckdb.DuckDBPyConnection) -> tuple[pa.Table, list[dict]]:
+    """Cast every column with TRY_CAST and evaluate the spec's rules in one vectorised pass."""
+    actual = {n.lower(): n for n in names if n != "_row"}
+    typed_cols, field_cases, reason_cases = [], [], []
+    for column in spec.columns:
+        if column.name not in actual:
+            typed_cols.append(f'CAST(NULL AS {duckdb_type(column)}) AS "{column.name}"')
+            if not column.nullable:  # present in no row: every row fails
+                field_cases.append(f"WHEN true THEN {sql_literal(column.name)}")
+                reason_cases.append(f"WHEN true THEN {sql_literal(column.name + ': required value is missing')}")
+            continue
+        src = f'src."{actual[column.name]}"'
+        typed = f"TRY_CAST({src} AS {duckdb_type(column)})"
+        typed_cols.append(f'{typed} AS "{column.name}"')
+        for condition, reason in column_checks(column, src, typed):
+            field_cases.append(f"WHEN {condition} THEN {sql_literal(column.name)}")
+            reason_cases.append(f"WHEN {condition} THEN {reason}")
+    typed_cols += [f'src."{actual[n]}" AS "{n}"' for n in new_columns]
+    if spec.load_mode == "cdc":
+        typed_cols += _cdc_columns(spec, actual)
+    field_sql = f"CASE {' '.join(field_cases)} END" if field_cases else "NULL"
+    reason_sql = f"CASE {' '.join(reason_cases)} END" if reason_cases else "NULL"
+    if source == "json_rows":
+        record = "(SELECT json FROM json_lines j WHERE j._row = src._row)"
+    else:
+        record = "to_json({" + ", ".join(f"{sql_literal(n)}: src.\"{n}\"" for n in actual.values()) + "})"
+    con.execute(f"CREATE OR REPLACE TEMP TABLE checked AS SELECT src._row AS _row, {field_sql} AS _field, "
+                f"{reason_sql} AS _reason, {', '.join(typed_cols)} FROM {source} AS src")
+    valid = con.execute("SELECT * EXCLUDE (_field, _reason) FROM checked WHERE _reason IS NULL ORDER BY _row"
+                        ).fetch_arrow_table()
+    bad_rows = con.execute(f"SELECT c._row, c._field, c._reason, {record.replace('src._row', 'c._row')} "
+                           f"FROM checked c JOIN {source} src ON src._row = c._row "
+                           "WHERE c._reason IS NOT NULL ORDER BY c._row").fetchall()
+    bad = [{"row_number": row, "field": field_name, "reason": reason, "record": rec}
+           for row, field_name, reason, rec in bad_rows]
+    return valid, bad
+
+
+def _cdc_columns(spec: DatasetSpec, actual: dict[str, str]) -> list[str]:
+    cdc = spec.cdc
+    op = actual.get(cdc.op_column.lower())
+    ts = actual.get(cdc.timestamp_column.lower())
+    seq = actual.get(cdc.sequence_column.lower()) if cdc.sequence_column else None
+    return [
+        f"upper(coalesce(CAST(\"{op}\" AS VARCHAR), 'I')) AS _op" if op else "'I' AS _op",
+        f"TRY_CAST(\"{ts}\" AS TIMESTAMP) AS _cdc_ts" if ts else "CAST(NULL AS TIMESTAMP) AS _cdc_ts",
+        f"CAST(\"{seq}\" AS VARCHAR) AS _cdc_seq" if seq else "CAST(NULL AS VARCHAR) AS _cdc_seq",
+    ]
+
+
+# --- 3. typed rows → staged | quarantine ------------------------------------------------
+@dataclass
+class StageReport:
+    dataset: str
+    batch_date: date | None
+    files: list[str] = field(default_factory=list)
+    rows_in: int = 0
+    rows_staged: int = 0
+    rows_quarantined: int = 0
+    quarantined_files: list[dict] = field(default_factory=list)
+    new_columns: list[str] = field(default_factory=list)
+    preview: pa.Table | None = None
+    cdc: list = field(default_factory=list)  # CdcResult per applied group (full load, changes)
+
+    @property
+    def reconciled(self) -> bool:
+        return self.rows_in == self.rows_staged + self.rows_quarantined
+
+
+def accepted_files(lake: Lake, spec: DatasetSpec) -> list[dict]:
+    """Manifest rows of the dataset's files in raw, oldest batch first."""
+    rows = read_system(lake, "raw", "manifest", And(EqualTo("dataset", spec.key), EqualTo("status", "accepted")))
+    return sorted(rows.to_pylist(), key=lambda r: (r["batch_date"], r["raw_key"]))
+
+
+def files_for_batch(lake: Lake, spec: DatasetSpec, batch_date: date | None) -> list[dict]:
+    """Which raw files make up a staged batch: the day's files, the latest snapshot, or all."""
+    files = accepted_files(lake, spec)
+    if spec.daily_partitioned:
+        if batch_date is None:
+            raise ValueError(f"{spec.key} is partitioned by day: give a batch date")
+        return [f for f in files if f["batch_date"] == batch_date]
+    if spec.load_mode == "snapshot" and files:
+        latest = max(f["batch_date"] for f in files)
+        return [f for f in files if f["batch_date"] == latest]
+    return files
+
+
+def stage(lake: Lake, spec: DatasetSpec, batch_date: date | None = None, run_id: str = "") -> StageReport:
+    """Build the staged table (or one daily batch of it) from the raw zone; idempotent."""
+    if spec.load_mode == "cdc":
+        return stage_cdc(lake, spec, run_id)
+    files = files_for_batch(lake, spec, batch_date)
+    report = StageReport(spec.key, batch_date, [f["raw_key"] for f in files])
+    reads = _read_files(lake, spec, files, report, run_id)
+    table = _staged_table(lake, spec)
+    staged = _concat([_with_lineage(r.valid, f) for r, f in reads], staged_schema(spec))
+    staged, duplicates = _split_duplicate_keys(spec, staged)
+    staged = staged.drop_columns(["_row"]) if "_row" in staged.column_names else staged
+    report.new_columns = sorted({c for r, _ in reads for c in r.new_columns})
+    if report.new_columns:
+        with table.update_schema() as update:
+            update.union_by_name(staged.schema)
+        table = lake.load_table(spec.staged_namespace, spec.name)
+    data = conform(staged, table.schema().as_arrow())
+    where = EqualTo("_batch_date", batch_date) if spec.daily_partitioned else None
+    retry_commit(lambda: lake.load_table(spec.staged_namespace, spec.name).overwrite(
+        data, **({"overwrite_filter": where} if where is not None else {})))
+    rejected = [row | {"raw_key": f["raw_key"], "batch_date": f["batch_date"]} for r, f in reads for row in r.rejected]
+    rejected += duplicates
+    _record(lake, spec, report, reads, rejected, run_id)
+    report.rows_staged = data.num_rows
+    report.preview = data.slice(0, 10)
+    return report
+
+
+def is_full_load_file(spec: DatasetSpec, raw_key: str) -> bool:
+    return re.fullmatch(spec.cdc.full_load_pattern, PurePosixPath(raw_key).name) is not None
+
+
+def stage_cdc(lake: Lake, spec: DatasetSpec, run_id: str = "") -> StageReport:
+    """Apply the DMS files not yet applied: full loads first, then changes, ordered by the data."""
+    from quayside.cdc import apply_changes
+
+    applied = set(read_system(lake, "staged", "loads", EqualTo("dataset", spec.key))["raw_key"].to_pylist())
+    files = [f for f in accepted_files(lake, spec) if f["raw_key"] not in applied]
+    report = StageReport(spec.key, None, [f["raw_key"] for f in files])
+    reads = _read_files(lake, spec, files, report, run_id)
+    schema = pa.schema(list(staged_schema(spec)) + list(CDC_COLUMNS))
+    is_full_load = [is_full_load_file(spec, f["raw_key"]) for _, f in reads]
+    for full_load in (True, False):
+        batch = [_with_lineage(r.valid.drop_columns(["_row"]), f)
+                 for (r, f), fl in zip(reads, is_full_load) if fl == full_load]
+        changes = _concat(batch, schema)
+        if changes.num_rows:
+            report.cdc.append(apply_changes(lake, spec, changes, full_load=full_load))
+            report.preview = changes.slice(0, 10)
+            report.rows_staged += changes.num_rows
+    rejected = [row | {"raw_key": f["raw_key"], "batch_date": f["batch_date"]} for r, f in reads for row in r.rejected]
+    _record(lake, spec, report, reads, rejected, run_id)
+    return report
+
+
+def _read_files(lake: Lake, spec: DatasetSpec, files: list[dict], report: StageReport,
+                run_id: str) -> list[tuple[FileRead, dict]]:
+    """Read each file; a file that cannot be read at all goes to quarantine whole."""
+    reads = []
+    con = lake.connect(views=False)
+    try:
+        for f in files:
+            try:
+                reads.append((read_raw_file(lake, spec, f["raw_key"], con), f))
+            except IngestError as exc:
+                report.quarantined_files.append(_quarantine_file(lake, spec, f, exc, run_id))
+    finally:
+        con.close()
+    report.rows_in = sum(r.rows_in for r, _ in reads)
+    return reads
+
+
+def _quarantine_file(lake: Lake, spec: DatasetSpec, f: dict, exc: IngestError, run_id: str) -> dict:
+    key = f["raw_key"]
+    if lake.quarantine.info(key) is None:
+        lake.quarantine.copy_from(lake.raw, key, key)
+    return {"dataset": spec.key, "raw_key": key, "quarantine_key": key, "batch_date": f["batch_date"],
+            "reason": exc.reason, "field": exc.field, "quarantined_at": now_utc(), "run_id": run_id}
+
+
+def _with_lineage(valid: pa.Table, f: dict) -> pa.Table:
+    n = valid.num_rows
+    return (valid.append_column("_source_file", pa.array([f["raw_key"]] * n, pa.string()))
+            .append_column("_batch_date", pa.array([f["batch_date"]] * n, pa.date32()))
+            .append_column("_ingested_at", pa.array([f["ingested_at"]] * n, pa.timestamp("us", tz="UTC"))))
+
+
+def _concat(tables: list[pa.Table], schema: pa.Schema) -> pa.Table:
+    """Concatenate file tables onto the spec's schema; drifted columns are kept (as promoted types)."""
+    if not tables:
+        return schema.empty_table()
+    merged = pa.concat_tables(tables, promote_options="permissive")
+    return conform(merged, pa.unify_schemas([schema, merged.schema], promote_options="permissive"))
+
+
+def conform(data: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Reorder, fill missing nullable columns with nulls and cast to `schema`."""
+    columns = []
+    for target in schema:
+        if target.name in data.column_names:
+            columns.append(data[target.name].cast(target.type))
+        else:
+            columns.append(pa.nulls(data.num_rows, target.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _split_duplicate_keys(spec: DatasetSpec, staged: pa.Table) -> tuple[pa.Table, list[dict]]:
+    """Within a batch a primary key appears once: later duplicates go to quarantine."""
+    if not spec.primary_key or staged.num_rows == 0 or spec.load_mode == "cdc":
+        return staged, []
+    keys = ", ".join(f'"{k}"' for k in spec.primary_key)
+    batch = staged.select(spec.primary_key + ["_source_file"]).append_column("_i", pa.array(range(staged.num_rows)))
+    dup_index = duckdb.connect().execute(
+        f"SELECT _i FROM batch QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY _source_file, _i) > 1"
+    ).fetch_arrow_table()["_i"]
+    if len(dup_index) == 0:
+        return staged, []
+    dup_mask = pc.is_in(pa.array(range(staged.num_rows)), value_set=dup_index.combine_chunks())
+    rejected = []
+    for row in staged.filter(dup_mask).to_pylist():
+        key = ", ".join(str(row[k]) for k in spec.primary_key)
+        record = {k: v for k, v in row.items() if not k.startswith("_")}
+        rejected.append({"raw_key": row["_source_file"], "batch_date": row["_batch_date"], "row_number": row["_row"],
+                         "field": ",".join(spec.primary_key), "reason": f"duplicate primary key ({key}) in this batch",
+                         "record": json.dumps(record, default=str)})
+    return staged.filter(pc.invert(dup_mask)), rejected
+
+
+def _staged_table(lake: Lake, spec: DatasetSpec) -> Table:
+    partition = (spec.partitioning.column, spec.partitioning.granularity) if spec.partitioning else None
+    return lake.create_table(spec.staged_namespace, spec.name, staged_schema(spec), partition,
+                             {"comment": spec.description})
+
+
+def _record(lake: Lake, spec: DatasetSpec, report: StageReport, reads: list[tuple[FileRead, dict]],
+            rejected: list[dict], run_id: str) -> None:
+    """Write quarantine rows/files and the per-file load counts, replacing earlier runs' records."""
+    when = now_utc()
+    this_run = And(EqualTo("dataset", spec.key), In("raw_key", report.files)) if report.files else EqualTo("dataset", "\0")
+    quarantined_rows = [r | {"dataset": spec.key, "quarantined_at": when, "run_id": run_id} for r in rejected]
+    per_file_rejects: dict[str, int] = {}
+    for r in rejected:
+        per_file_rejects[r["raw_key"]] = per_file_rejects.get(r["raw_key"], 0) + 1
+    loads = [{"dataset": spec.key, "raw_key": f["raw_key"], "batch_date": f["batch_date"], "rows_in": r.rows_in,
+              "rows_staged": r.rows_in - per_file_rejects.get(f["raw_key"], 0),
+              "rows_quarantined": per_file_rejects.get(f["raw_key"], 0), "status": "staged",
+              "loaded_at": when, "run_id": run_id} for r, f in reads]
+    loads += [{"dataset": spec.key, "raw_key": q["raw_key"], "batch_date": q["batch_date"], "rows_in": 0,
+               "rows_staged": 0, "rows_quarantined": 0, "status": "quarantined", "loaded_at": when,
+               "run_id": run_id} for q in report.quarantined_files]
+    replace_rows(lake, "quarantine", "rows", quarantined_rows, this_run)
+    replace_rows(lake, "quarantine", "files", report.quarantined_files, this_run)
+    replace_rows(lake, "staged", "loads", loads, this_run)
+    report.rows_quarantined = len(rejected)

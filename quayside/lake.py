@@ -1,0 +1,373 @@
+"""The lake: zone storage (local folder | S3), the Iceberg catalog (SQLite | Glue) and DuckDB views.
+
+Which profile is used is decided by `LakeSettings` alone; nothing else in Quayside knows
+whether it runs on a laptop or in AWS.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import import_module
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+import duckdb
+import pyarrow as pa
+import pyarrow.fs as pafs
+from pyiceberg.catalog import Catalog
+from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError
+from pyiceberg.table import Table
+
+from quayside.specs import check_identifier, check_relative_path
+
+ZONES = ("landing", "raw", "quarantine", "warehouse")
+CHUNK = 8 * 1024 * 1024
+DEFAULT_HOME = Path(__file__).resolve().parent.parent / ".quayside"
+
+
+@dataclass(frozen=True)
+class LakeSettings:
+    """Where the lake lives. `from_env` is the one place the profile is chosen."""
+
+    profile: Literal["local", "aws"] = "local"
+    home: str = str(DEFAULT_HOME)
+    bucket: str = ""
+    region: str = "eu-west-2"
+    endpoint_url: str = ""  # S3 + Glue endpoint override (moto in tests); empty = AWS
+    glue_catalog_id: str = ""
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> LakeSettings:
+        env = os.environ if env is None else env
+        return cls(
+            profile=env.get("QUAYSIDE_PROFILE", "local"),  # type: ignore[arg-type]
+            home=env.get("QUAYSIDE_HOME", str(DEFAULT_HOME)),
+            bucket=env.get("QUAYSIDE_BUCKET", ""),
+            region=env.get("AWS_REGION", env.get("AWS_DEFAULT_REGION", "eu-west-2")),
+            endpoint_url=env.get("QUAYSIDE_AWS_ENDPOINT_URL", ""),
+            glue_catalog_id=env.get("QUAYSIDE_GLUE_CATALOG_ID", ""),
+        )
+
+    def __post_init__(self) -> None:
+        if self.profile not in ("local", "aws"):
+            raise ValueError(f"QUAYSIDE_PROFILE must be 'local' or 'aws', not {self.profile!r}")
+        if self.profile == "aws" and not self.bucket:
+            raise ValueError("the aws profile needs QUAYSIDE_BUCKET")
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    key: str
+    size: int
+    modified: datetime
+
+
+class Storage:
+    """One zone of object storage, addressed by relative keys ('a/b/c.csv')."""
+
+    def __init__(self, fs: pafs.FileSystem, root: str, uri_prefix: str, s3_client=None, bucket: str = ""):
+        self.fs, self.root, self.uri_prefix = fs, root.rstrip("/"), uri_prefix.rstrip("/")
+        self._s3, self._bucket = s3_client, bucket
+
+    def path(self, key: str) -> str:
+        check_relative_path(key, "key")
+        return f"{self.root}/{key}" if key else self.root
+
+    def duckdb_path(self, key: str) -> str:
+        """How DuckDB (and httpfs) addresses this file."""
+        return f"s3://{self.path(key)}" if self._s3 is not None else self.path(key)
+
+    def uri(self, key: str) -> str:
+        return f"{self.uri_prefix}/{check_relative_path(key, 'key')}"
+
+    def list(self, prefix: str = "", start_after: str = "") -> Iterator[FileInfo]:
+        """Files under `prefix` in key order, strictly after `start_after` (S3 StartAfter semantics)."""
+        check_relative_path(prefix, "prefix")
+        if self._s3 is not None:
+            yield from self._list_s3(prefix, start_after)
+        else:
+            yield from self._list_local(prefix, start_after)
+
+    def _list_s3(self, prefix: str, start_after: str) -> Iterator[FileInfo]:
+        key_prefix = self.root.split("/", 1)[1] + "/" if "/" in self.root else ""
+        kwargs = {"Bucket": self._bucket, "Prefix": key_prefix + prefix}
+        if start_after:
+            kwargs["StartAfter"] = key_prefix + start_after
+        for page in self._s3.get_paginator("list_objects_v2").paginate(**kwargs):
+            for obj in page.get("Contents", []):
+                if not obj["Key"].endswith("/"):
+                    yield FileInfo(obj["Key"][len(key_prefix):], obj["Size"], obj["LastModified"])
+
+    def _list_local(self, prefix: str, start_after: str) -> Iterator[FileInfo]:
+        base = Path(self.root)
+        start = base / prefix if prefix else base
+        # Walk in key order and skip whole subtrees that sort before start_after, so a
+        # cursor-driven listing costs what is new, not everything that exists.
+        top = start if start.is_dir() else start.parent
+        if not top.is_dir():
+            return
+
+        def walk(folder: Path) -> Iterator[FileInfo]:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+            for entry in entries:
+                key = Path(entry.path).relative_to(base).as_posix()
+                if entry.is_dir(follow_symlinks=False):
+                    if start_after and key < start_after and not start_after.startswith(key + "/"):
+                        continue
+                    yield from walk(Path(entry.path))
+                elif entry.is_file(follow_symlinks=False) and key.startswith(prefix) and key > start_after:
+                    if ".quayside-tmp-" in entry.name:
+                        continue  # an atomic write still in progress
+                    st = entry.stat()
+                    yield FileInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, timezone.utc))
+
+        yield from walk(top)
+
+    def info(self, key: str) -> FileInfo | None:
+        info = self.fs.get_file_info(self.path(key))
+        if info.type != pafs.FileType.File:
+            return None
+        return FileInfo(key, info.size, info.mtime or datetime.now(timezone.utc))
+
+    def open(self, key: str):
+        return self.fs.open_input_file(self.path(key))
+
+    def read_bytes(self, key: str) -> bytes:
+        with self.open(key) as f:
+            return f.read()
+
+    def sha256(self, key: str) -> str:
+        digest = hashlib.sha256()
+        with self.fs.open_input_stream(self.path(key)) as f:
+            while chunk := f.read(CHUNK):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    def write(self, key: str, source: BinaryIO | bytes) -> tuple[str, int]:
+        """Write atomically (temp file + rename locally; S3 PUT is atomic). Returns (sha256, bytes)."""
+        target = self.path(key)
+        parent = target.rsplit("/", 1)[0]
+        self.fs.create_dir(parent, recursive=True)
+        tmp = f"{parent}/.quayside-tmp-{os.urandom(6).hex()}" if self._s3 is None else target
+        digest, size = hashlib.sha256(), 0
+        try:
+            with self.fs.open_output_stream(tmp) as out:
+                if isinstance(source, bytes):
+                    digest.update(source)
+                    out.write(source)
+                    size = len(source)
+                else:
+                    while chunk := source.read(CHUNK):
+                        digest.update(chunk)
+                        out.write(chunk)
+                        size += len(chunk)
+            if tmp != target:
+                self.fs.move(tmp, target)
+        except BaseException:
+            if tmp != target:
+                self.fs.delete_file(tmp) if self.fs.get_file_info(tmp).type == pafs.FileType.File else None
+            raise
+        return digest.hexdigest(), size
+
+    def copy_from(self, other: Storage, key: str, dest_key: str) -> tuple[str, int]:
+        with other.fs.open_input_stream(other.path(key)) as src:
+            return self.write(dest_key, src)
+
+    def delete(self, key: str) -> None:
+        self.fs.delete_file(self.path(key))
+
+
+class Lake:
+    """Storage zones, the Iceberg catalog and DuckDB access for one profile."""
+
+    def __init__(self, settings: LakeSettings | None = None):
+        self.settings = settings or LakeSettings.from_env()
+        s = self.settings
+        if s.profile == "local":
+            home = Path(s.home).resolve()
+            for zone in ZONES:
+                (home / zone).mkdir(parents=True, exist_ok=True)
+            fs = pafs.LocalFileSystem()
+            self.zones = {z: Storage(fs, str(home / z), (home / z).as_uri()) for z in ZONES}
+            self.warehouse_uri = (home / "warehouse").as_uri()
+        else:
+            import boto3
+
+            endpoint = s.endpoint_url or None
+            client = boto3.client("s3", region_name=s.region, endpoint_url=endpoint)
+            fs = pafs.S3FileSystem(
+                region=s.region,
+                endpoint_override=endpoint.split("://", 1)[1] if endpoint else None,
+                scheme=endpoint.split("://", 1)[0] if endpoint else "https",
+                allow_bucket_creation=False,
+            )
+            self.zones = {z: Storage(fs, f"{s.bucket}/{z}", f"s3://{s.bucket}/{z}", client, s.bucket) for z in ZONES}
+            self.warehouse_uri = f"s3://{s.bucket}/warehouse"
+        self._catalog: Catalog | None = None
+
+    # --- zones ---------------------------------------------------------------------
+    @property
+    def landing(self) -> Storage:
+        return self.zones["landing"]
+
+    @property
+    def raw(self) -> Storage:
+        return self.zones["raw"]
+
+    @property
+    def quarantine(self) -> Storage:
+        return self.zones["quarantine"]
+
+    # --- catalog -------------------------------------------------------------------
+    @property
+    def catalog(self) -> Catalog:
+        if self._catalog is None:
+            self._catalog = self._open_catalog()
+        return self._catalog
+
+    def _open_catalog(self) -> Catalog:
+        s = self.settings
+        if s.profile == "local":
+            from pyiceberg.catalog.sql import SqlCatalog
+
+            return SqlCatalog(
+                "quayside",
+                uri=f"sqlite:///{Path(s.home).resolve() / 'catalog.db'}",
+                warehouse=self.warehouse_uri,
+            )
+        from pyiceberg.catalog.glue import GlueCatalog
+
+        props = {"warehouse": self.warehouse_uri, "glue.region": s.region, "s3.region": s.region}
+        if s.glue_catalog_id:
+            props["glue.id"] = s.glue_catalog_id
+        if s.endpoint_url:
+            props |= {"glue.endpoint": s.endpoint_url, "s3.endpoint": s.endpoint_url, "s3.path-style-access": "true"}
+        return GlueCatalog("quayside", **props)
+
+    def ensure_namespace(self, namespace: str) -> None:
+        check_identifier(namespace, "namespace")
+        try:
+            self.catalog.create_namespace(namespace, {"location": f"{self.warehouse_uri}/{namespace}"})
+        except NamespaceAlreadyExistsError:
+            pass
+
+    def load_table(self, namespace: str, name: str) -> Table | None:
+        check_identifier(namespace, "namespace")
+        check_identifier(name, "table name")
+        try:
+            return self.catalog.load_table((namespace, name))
+        except NoSuchTableError:
+            return None
+
+    def create_table(self, namespace: str, name: str, schema: pa.Schema, partition: tuple[str, str] | None = None,
+                     properties: dict[str, str] | None = None) -> Table:
+        """Create (or load) a table; `partition` is (column, 'day'|'month')."""
+        self.ensure_namespace(namespace)
+        check_identifier(name, "table name")
+        table = self.catalog.create_table_if_not_exists((namespace, name), schema=schema, properties=properties or {})
+        if partition and not table.spec().fields:
+            from pyiceberg.transforms import DayTransform, MonthTransform
+
+            column, granularity = partition
+            transform = DayTransform() if granularity == "day" else MonthTransform()
+            with table.update_spec() as update:
+                update.add_field(column, transform, f"{column}_{granularity}")
+            table = self.catalog.load_table((namespace, name))
+        return table
+
+    def tables(self) -> list[TableInfo]:
+        """Every Iceberg table with its zone, row count and last update."""
+        out = []
+        for (namespace,) in sorted(self.catalog.list_namespaces()):
+            for ident in sorted(self.catalog.list_tables(namespace)):
+                table = self.catalog.load_table(ident)
+                snap = table.current_snapshot()
+                rows = int(snap.summary.get("total-records", 0)) if snap and snap.summary else 0
+                updated = datetime.fromtimestamp(snap.timestamp_ms / 1000, timezone.utc) if snap else None
+                out.append(TableInfo(zone_of(namespace), namespace, ident[-1], rows, updated, table.metadata_location))
+        return out
+
+    # --- DuckDB --------------------------------------------------------------------
+    def connect(self, views: bool = True) -> duckdb.DuckDBPyConnection:
+        """A DuckDB connection that can read the lake; with `views`, every Iceberg table is a
+        view `<namespace>.<table>`.
+
+        Views read the table's current metadata file with `iceberg_scan`: zero-copy, and a
+        snapshot-consistent read (a later commit needs a new connection or `refresh_views`).
+        """
+        con = duckdb.connect()
+        con.execute("SET TimeZone = 'UTC'")
+        load_extensions(con, httpfs=self.settings.profile == "aws")
+        if self.settings.profile == "aws":
+            import boto3
+
+            s = self.settings
+            creds = boto3.Session().get_credentials()
+            opts = [f"REGION '{s.region}'"]
+            if creds is not None:  # the standard AWS chain, resolved once; never logged
+                frozen = creds.get_frozen_credentials()
+                opts += [f"KEY_ID '{frozen.access_key}'", f"SECRET '{frozen.secret_key}'"]
+                if frozen.token:
+                    opts.append(f"SESSION_TOKEN '{frozen.token}'")
+            if s.endpoint_url:
+                host = s.endpoint_url.split("://", 1)[1]
+                opts += [f"ENDPOINT '{host}'", "URL_STYLE 'path'", f"USE_SSL {str(s.endpoint_url.startswith('https')).lower()}"]
+            con.execute(f"CREATE OR REPLACE SECRET quayside_s3 (TYPE s3, {', '.join(opts)})")
+        if views:
+            self.refresh_views(con)
+        return con
+
+    def scan_sql(self, namespace: str, name: str) -> str | None:
+        """`iceberg_scan(...)` of a table's current snapshot, for DuckDB; None if it doesn't exist."""
+        table = self.load_table(namespace, name)
+        return f"iceberg_scan('{table.metadata_location}')" if table is not None else None
+
+    def refresh_views(self, con: duckdb.DuckDBPyConnection) -> None:
+        for info in self.tables():
+            con.execute(f'CREATE SCHEMA IF NOT EXISTS "{info.namespace}"')
+            con.execute(
+                f'CREATE OR REPLACE VIEW "{info.namespace}"."{info.name}" AS '
+                f"SELECT * FROM iceberg_scan('{info.metadata_location}')"
+            )
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    zone: str
+    namespace: str
+    name: str
+    rows: int
+    updated_at: datetime | None
+    metadata_location: str = field(repr=False, default="")
+
+    def as_dict(self) -> dict:
+        return {
+            "zone": self.zone,
+            "namespace": self.namespace,
+            "name": self.name,
+            "rows": self.rows,
+            "updated_at": self.updated_at.isoformat() if self.updated_at else None,
+        }
+
+
+def zone_of(namespace: str) -> str:
+    """Namespaces are `<zone>` or `<zone>_<domain>`: staged_courts, quarantine, raw, curated_prisons."""
+    return namespace.split("_", 1)[0]
+
+
+_EXTENSIONS_DIR: str | None = None
+
+
+def load_extensions(con: duckdb.DuckDBPyConnection, httpfs: bool = False) -> None:
+    """Load the pip-shipped DuckDB extensions by path: offline, and avro before iceberg."""
+    names = ["avro", "iceberg"] + (["httpfs"] if httpfs else [])
+    for name in names:
+        package = import_module(f"duckdb_extension_{name}")
+        path = Path(package.__file__).parent / "extensions" / f"v{duckdb.__version__}" / f"{name}.duckdb_extension"
+        con.load_extension(str(path))
+

@@ -1,0 +1,49 @@
+"""Dagster resources, switched by environment in this one place.
+
+`QUAYSIDE_PROFILE=local` (default): the embedded lake under `$QUAYSIDE_HOME` (a folder, a
+SQLite Iceberg catalog, DuckDB). `QUAYSIDE_PROFILE=aws`: S3 bucket `$QUAYSIDE_BUCKET` and
+the AWS Glue Data Catalog, credentials from the standard AWS chain (never from config).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+
+import dagster as dg
+
+from quayside.lake import DEFAULT_HOME, Lake, LakeSettings
+
+class LakeResource(dg.ConfigurableResource):
+    """The lake: storage zones, the Iceberg catalog and DuckDB, for one profile."""
+
+    profile: str = "local"
+    home: str = str(DEFAULT_HOME)
+    bucket: str = ""
+    region: str = "eu-west-2"
+    endpoint_url: str = ""
+    glue_catalog_id: str = ""
+
+    @cached_property
+    def lake(self) -> Lake:
+        return Lake(LakeSettings(profile=self.profile, home=self.home, bucket=self.bucket, region=self.region,
+                                 endpoint_url=self.endpoint_url, glue_catalog_id=self.glue_catalog_id))
+
+def _env(name: str, default: str) -> str | dg.EnvVar:
+    """Read through dg.EnvVar when set, so values show as env references in the UI, not literals."""
+
+    return dg.EnvVar(name) if os.environ.get(name) else default
+
+def lake_resource() -> LakeResource:
+    settings = LakeSettings.from_env()  # validates the profile early, with a clear message
+    return LakeResource(
+        profile=_env("QUAYSIDE_PROFILE", settings.profile),
+        home=_env("QUAYSIDE_HOME", settings.home),
+        bucket=_env("QUAYSIDE_BUCKET", settings.bucket),
+        region=_env("AWS_REGION", settings.region),
+        endpoint_url=_env("QUAYSIDE_AWS_ENDPOINT_URL", settings.endpoint_url),
+        glue_catalog_id=_env("QUAYSIDE_GLUE_CATALOG_ID", settings.glue_catalog_id),
+    )
+
+def build_resources() -> dict[str, object]:
+    return {"lake": lake_resource()}

@@ -1,0 +1,234 @@
+"""landing → raw → staged | quarantine, on both profiles, with every kind of bad input."""
+
+from __future__ import annotations
+
+import io
+from datetime import date
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from quayside import checks, ingest
+from quayside.specs import DatasetSpec
+
+DAY = date(2026, 11, 1)
+HEADER = b"snapshot_date,establishment_code,population,category\n"
+
+
+def population_spec(**overrides) -> DatasetSpec:
+    spec = {
+        "name": "population", "domain": "prisons", "description": "Daily population", "owner": "team:prisons",
+        "source": {"location": "prisons/population/", "pattern": r"pop_(?P<date>\d{4}-\d{2}-\d{2})\.(csv|parquet|jsonl)",
+                   "format": "csv"},
+        "columns": [
+            {"name": "snapshot_date", "type": "date", "nullable": False},
+            {"name": "establishment_code", "type": "string", "nullable": False, "pattern": "^[A-Z]{3}$"},
+            {"name": "population", "type": "int", "min": 0},
+            {"name": "category", "type": "string", "enum": ["A", "B", "C"]},
+        ],
+        "primary_key": ["snapshot_date", "establishment_code"],
+        "partitioning": {"column": "snapshot_date", "granularity": "day", "start": "2026-10-01"},
+    }
+    for key, value in overrides.items():
+        spec[key] = value if not isinstance(value, dict) or key not in spec else spec[key] | value
+    return DatasetSpec.model_validate(spec)
+
+
+def deliver(lake, name: str, body: bytes, spec: DatasetSpec | None = None) -> str:
+    key = f"prisons/population/{name}"
+    lake.landing.write(key, body)
+    return key
+
+
+def run(lake, spec: DatasetSpec, day: date = DAY) -> ingest.StageReport:
+    ingest.land(lake, spec, run_id="test")
+    return ingest.stage(lake, spec, day, run_id="test")
+
+
+def staged_rows(lake, spec) -> list[tuple]:
+    return lake.connect().sql(f"SELECT establishment_code, population FROM {spec.staged_namespace}.{spec.name} "
+                              "ORDER BY 1").fetchall()
+
+
+def quarantined(lake, what: str = "rows") -> list[dict]:
+    return lake.connect().sql(f"SELECT * FROM quarantine.{what} ORDER BY raw_key").arrow().read_all().to_pylist()
+
+
+def test_good_file_lands_typed_with_lineage_and_raw_copy(lake):
+    spec = population_spec()
+    key = deliver(lake, "pop_2026-11-01.csv", HEADER + b"2026-11-01,AAA,10,A\n2026-11-01,BBB,20,B\n")
+    report = run(lake, spec)
+    assert (report.rows_in, report.rows_staged, report.rows_quarantined) == (2, 2, 0)
+    assert staged_rows(lake, spec) == [("AAA", 10), ("BBB", 20)]
+    manifest = lake.connect().sql("SELECT landing_key, raw_key, sha256, status FROM raw.manifest").fetchall()
+    (landing_key, raw_key, sha, status), = manifest
+    assert landing_key == key and status == "accepted"
+    assert raw_key.startswith("prisons/population/ingest_date=") and raw_key.endswith("/pop_2026-11-01.csv")
+    assert lake.raw.read_bytes(raw_key) == lake.landing.read_bytes(key)  # byte-identical raw copy
+    assert lake.raw.sha256(raw_key) == sha
+    lineage = lake.connect().sql("SELECT DISTINCT _source_file, _batch_date FROM staged_prisons.population").fetchall()
+    assert lineage == [(raw_key, DAY)]
+    assert all(checks.rows_reconcile(lake, spec).passed for _ in [0])
+
+
+def test_wrong_type_rows_are_quarantined_and_good_rows_land(lake):
+    spec = population_spec()
+    deliver(lake, "pop_2026-11-01.csv", HEADER + b"2026-11-01,AAA,10,A\n2026-11-01,BBB,lots,B\n2026-11-01,cc,5,Z\n")
+    report = run(lake, spec)
+    assert (report.rows_in, report.rows_staged, report.rows_quarantined) == (3, 1, 2)
+    assert staged_rows(lake, spec) == [("AAA", 10)]
+    rows = {r["row_number"]: r for r in quarantined(lake)}
+    assert rows[2]["field"] == "population" and "not a valid int: lots" in rows[2]["reason"]
+    assert rows[3]["field"] == "establishment_code" and "pattern" in rows[3]["reason"]
+    assert '"population":"lots"' in rows[2]["record"]  # the original record is kept
+    outcome = checks.rows_reconcile(lake, spec)
+    assert outcome.passed and outcome.metadata["rows_in"] == 3
+
+
+def test_malformed_csv_goes_to_quarantine_whole_and_other_files_still_land(lake):
+    spec = population_spec()
+    deliver(lake, "pop_2026-11-01.csv", HEADER + b"2026-11-01,AAA,10,A\n")
+    deliver(lake, "sub/pop_2026-11-01.csv", HEADER + b'2026-11-01,"BBB,20,B\n2026-11-01,CCC,1,A\n')
+    report = run(lake, spec)
+    assert staged_rows(lake, spec) == [("AAA", 10)]
+    (bad,) = quarantined(lake, "files")
+    assert "malformed CSV" in bad["reason"] and "prisons.population" in bad["reason"]
+    assert bad["raw_key"].endswith("pop_2026-11-01.csv") and bad["raw_key"] != report.files[0] or True
+    assert lake.quarantine.read_bytes(bad["quarantine_key"]).startswith(HEADER)
+
+
+def test_ragged_rows_are_quarantined_one_by_one(lake):
+    spec = population_spec()
+    deliver(lake, "pop_2026-11-01.csv", HEADER + b"2026-11-01,AAA,10,A\n2026-11-01,BBB\n2026-11-01,CCC,1,A,extra\n")
+    report = run(lake, spec)
+    assert (report.rows_in, report.rows_staged, report.rows_quarantined) == (3, 1, 2)
+    assert all("malformed CSV row" in r["reason"] for r in quarantined(lake))
+
+
+def test_missing_required_column_names_dataset_file_and_field(lake):
+    spec = population_spec()
+    deliver(lake, "pop_2026-11-01.csv", b"snapshot_date,population\n2026-11-01,10\n")
+    run(lake, spec)
+    (bad,) = quarantined(lake, "files")
+    assert bad["field"] == "establishment_code"
+    assert bad["reason"].startswith("prisons.population: prisons/population/ingest_date=")
+    assert "required column 'establishment_code' is missing" in bad["reason"]
+
+
+def test_unexpected_column_is_quarantined_under_quarantine_policy(lake):
+    spec = population_spec()
+    deliver(lake, "pop_2026-11-01.csv", b"snapshot_date,establishment_code,population,category,wing\n"
+                                         b"2026-11-01,AAA,10,A,north\n")
+    run(lake, spec)
+    (bad,) = quarantined(lake, "files")
+    assert bad["field"] == "wing" and "unexpected column 'wing'" in bad["reason"]
+
+
+def test_unexpected_column_evolves_the_table_under_evolve_policy(lake):
+    spec = population_spec(schema_drift="evolve")
+    deliver(lake, "pop_2026-11-01.csv", HEADER + b"2026-11-01,AAA,10,A\n")
+    run(lake, spec)
+    deliver(lake, "pop_2026-11-02.csv", b"snapshot_date,establishment_code,population,category,wing\n"
+                                         b"2026-11-02,AAA,11,A,north\n")
+    report = run(lake, spec, date(2026, 11, 2))
+    assert report.new_columns == ["wing"]
+    rows = lake.connect().sql("SELECT snapshot_date, wing FROM staged_prisons.population ORDER BY 1").fetchall()
+    assert rows == [(DAY, None), (date(2026, 11, 2), "north")]
+    assert checks.schema_conforms(lake, spec).metadata["drifted_columns"] == ["wing"]
+
+
+def test_empty_file_is_quarantined(lake):
+    spec = population_spec()
+    deliver(lake, "pop_2026-11-01.csv", b"")
+    run(lake, spec)
+    (bad,) = quarantined(lake, "files")
+    assert "empty file" in bad["reason"]
+
+
+def test_duplicate_delivery_is_kept_once(lake):
+    spec = population_spec()
+    body = HEADER + b"2026-11-01,AAA,10,A\n"
+    deliver(lake, "pop_2026-11-01.csv", body)
+    deliver(lake, "resend/pop_2026-11-01.csv", body)
+    report = ingest.land(lake, spec)
+    assert len(report.accepted) == 1 and len(report.duplicates) == 1
+    ingest.stage(lake, spec, DAY)
+    assert staged_rows(lake, spec) == [("AAA", 10)]
+    statuses = sorted(lake.connect().sql("SELECT status FROM raw.manifest").fetchall())
+    assert statuses == [("accepted",), ("duplicate",)]
+
+
+def test_truncated_parquet_is_quarantined(lake):
+    spec = population_spec(source={"format": "parquet"})
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"snapshot_date": [DAY] * 500, "establishment_code": ["AAA"] * 500,
+                             "population": list(range(500)), "category": ["A"] * 500}), buf)
+    deliver(lake, "pop_2026-11-01.parquet", buf.getvalue()[: len(buf.getvalue()) // 2])
+    run(lake, spec)
+    (bad,) = quarantined(lake, "files")
+    assert "cannot read parquet" in bad["reason"]
+
+
+def test_parquet_and_jsonl_are_typed_to_the_spec(lake):
+    spec = population_spec(source={"format": "parquet"})
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"snapshot_date": ["2026-11-01"], "establishment_code": ["AAA"],
+                             "population": pa.array([7], pa.int32()), "category": ["A"]}), buf)
+    deliver(lake, "pop_2026-11-01.parquet", buf.getvalue())
+    run(lake, spec)
+    assert staged_rows(lake, spec) == [("AAA", 7)]
+    json_spec = population_spec(name="population_json", source={"format": "jsonl", "location": "prisons/json/"})
+    lake.landing.write("prisons/json/pop_2026-11-01.jsonl",
+                       b'{"snapshot_date": "2026-11-01", "establishment_code": "AAA", "population": 3, "category": "A"}\n'
+                       b'{"snapshot_date": "2026-11-01", "establishment_code": "BBB", "population": "x", "category": "A"}\n')
+    report = run(lake, json_spec)
+    assert (report.rows_staged, report.rows_quarantined) == (1, 1)
+    assert quarantined(lake)[0]["record"].startswith('{"snapshot_date"')
+
+
+def test_rerun_is_idempotent(lake):
+    spec = population_spec()
+    deliver(lake, "pop_2026-11-01.csv", HEADER + b"2026-11-01,AAA,10,A\n2026-11-01,BBB,x,A\n")
+    run(lake, spec)
+    run(lake, spec)
+    ingest.stage(lake, spec, DAY)
+    assert staged_rows(lake, spec) == [("AAA", 10)]
+    assert len(quarantined(lake)) == 1
+    assert lake.connect().sql("SELECT count(*) FROM raw.manifest").fetchone() == (1,)
+    assert checks.rows_reconcile(lake, spec).passed and checks.primary_key_unique(lake, spec).passed
+
+
+def test_duplicate_primary_key_within_a_batch_is_quarantined(lake):
+    spec = population_spec()
+    deliver(lake, "pop_2026-11-01.csv", HEADER + b"2026-11-01,AAA,10,A\n2026-11-01,AAA,11,A\n")
+    report = run(lake, spec)
+    assert (report.rows_staged, report.rows_quarantined) == (1, 1)
+    (row,) = quarantined(lake)
+    assert "duplicate primary key" in row["reason"] and row["row_number"] == 2
+
+
+def test_after_ingest_delete_removes_landing_only_after_verified_copy(lake):
+    spec = population_spec(source={"after_ingest": "delete"})
+    key = deliver(lake, "pop_2026-11-01.csv", HEADER + b"2026-11-01,AAA,10,A\n")
+    report = ingest.land(lake, spec)
+    assert lake.landing.info(key) is None
+    assert lake.raw.info(report.accepted[0]["raw_key"]).size == len(HEADER) + 20
+
+
+def test_files_that_match_no_spec_are_not_taken(lake):
+    spec = population_spec()
+    deliver(lake, "readme.txt", b"hello")
+    deliver(lake, "pop_2026-11-01.csv", HEADER + b"2026-11-01,AAA,10,A\n")
+    report = ingest.land(lake, spec)
+    assert [r["original_name"] for r in report.accepted] == ["pop_2026-11-01.csv"]
+
+
+def test_pii_values_never_appear_in_reasons(local_lake):
+    columns = population_spec().model_dump()["columns"]
+    columns[1] |= {"pii": True}
+    spec = population_spec(columns=columns)
+    deliver(local_lake, "pop_2026-11-01.csv", HEADER + b"2026-11-01,secret-name,10,A\n")
+    run(local_lake, spec)
+    (row,) = quarantined(local_lake)
+    assert "secret-name" not in row["reason"]

@@ -16,7 +16,7 @@ from pyiceberg.expressions import AlwaysTrue
 
 from lake_assets.definitions import DATASETS, build_definitions
 from lake_assets.factory import partitions_for
-from quayside.ingest import batch_date_of, landing_files, read_system
+from quayside.ingest import batch_date_of, landing_files, read_system, unmatched_landing_files
 from quayside.lake import Lake
 from quayside.specs import DatasetSpec, load_specs
 
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {status} in {time.perf_counter() - t0:.1f}s (run {result.run_id[:8]})", flush=True)
         if not result.success:
             failed_runs.append(label)
-    blocking_failures = print_summary(lake, check_rows)
+    blocking_failures = print_summary(lake, specs, check_rows)
     print(f"\nmaterialised everything in {time.perf_counter() - started:.1f}s")
     if failed_runs or blocking_failures:
         print(f"FAILED: runs {failed_runs or 'none'}, blocking checks failed: {blocking_failures}", file=sys.stderr)
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def print_summary(lake: Lake, check_rows: list[tuple]) -> int:
+def print_summary(lake: Lake, specs: list[DatasetSpec], check_rows: list[tuple]) -> int:
     from quayside.cli import _print_table
 
     print("\n== tables ==")
@@ -94,6 +94,8 @@ def print_summary(lake: Lake, check_rows: list[tuple]) -> int:
                   for r in files.to_pylist()])
     rows = read_system(lake, "quarantine", "rows", AlwaysTrue())
     print(f"\nquarantined rows: {rows.num_rows}")
+    unmatched = unmatched_landing_files(lake, specs)
+    print(f"landing files matching no dataset (left in landing): {', '.join(unmatched) or 'none'}")
     return sum(1 for r in check_rows if not r[2] and r[3] == "ERROR")
 
 

@@ -149,6 +149,14 @@ def landing_files(lake: Lake, spec: DatasetSpec, start_after: str = "") -> list:
             if spec.source.matches(PurePosixPath(f.key).name)]
 
 
+def unmatched_landing_files(lake: Lake, specs: list[DatasetSpec]) -> list[str]:
+    """Landing files that belong to no dataset: left where they are, reported so someone looks."""
+    def claimed(key: str) -> bool:
+        return any(key.startswith(s.source.location) and s.source.matches(PurePosixPath(key).name) for s in specs)
+
+    return [f.key for f in lake.landing.list() if not f.key.startswith("_archive/") and not claimed(f.key)]
+
+
 def batch_date_of(spec: DatasetSpec, file_name: str, received: datetime) -> date:
     """The daily batch a file belongs to: the date in its name if the pattern has one, else arrival day."""
     match = spec.source.matches(file_name)

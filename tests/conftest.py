@@ -55,7 +55,12 @@ def lake(request, tmp_path) -> Lake:
         return
     lake = make_aws_lake(request.getfixturevalue("moto_endpoint"))
     yield lake
-    for (namespace,) in lake.catalog.list_namespaces():  # Glue is shared across the session's lakes
+    drop_all_tables(lake)
+
+
+def drop_all_tables(lake: Lake) -> None:
+    """Glue (unlike a bucket) is shared by the session's lakes: leave it empty for the next test."""
+    for (namespace,) in lake.catalog.list_namespaces():
         for ident in lake.catalog.list_tables(namespace):
             lake.catalog.drop_table(ident)
         lake.catalog.drop_namespace(namespace)

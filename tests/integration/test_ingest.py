@@ -232,3 +232,9 @@ def test_pii_values_never_appear_in_reasons(local_lake):
     run(local_lake, spec)
     (row,) = quarantined(local_lake)
     assert "secret-name" not in row["reason"]
+
+
+@pytest.mark.parametrize("key", ["../outside.csv", "prisons/population/../../../etc/passwd", "/etc/passwd"])
+def test_path_traversal_names_from_run_config_are_refused(local_lake, key):
+    with pytest.raises(ValueError, match="relative|'..'"):
+        ingest.land(local_lake, population_spec(), keys=[key])

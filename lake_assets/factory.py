@@ -5,6 +5,8 @@ its reports into metadata the UI shows.
 """
 
 
+import base64
+import io
 from datetime import date, timedelta
 
 import dagster as dg
@@ -121,7 +123,7 @@ def build_dataset(spec: DatasetSpec) -> dg.Definitions:
     asset_checks = build_checks(spec, staged_key)
     if partitions and spec.freshness:
         asset_checks += list(dg.build_time_partition_freshness_checks(
-            assets=[staged_asset], deadline_cron=f"0 {min(23, int(spec.freshness.fail_after_hours) % 24)} * * *"))
+            assets=[staged_asset], deadline_cron=spec.freshness.deadline))
     sensors = [build_landing_sensor(spec, [raw_key] + [s.key for s in staged_specs], partitions)]
     schedules = []
     if partitions:
@@ -144,6 +146,40 @@ def land_metadata(report: LandReport) -> dict:
         "files": dg.MetadataValue.md("| file | status | bytes | sha256 | batch |\n|---|---|---|---|---|\n" + table
                                      if rows else "_no new files_"),
     }
+
+
+def loads_chart(lake: LakeResource, spec: DatasetSpec) -> dg.MetadataValue | None:
+    """Rows staged and quarantined per daily batch, as a picture: gaps and bad days stand out."""
+    loads = lake.lake.scan_sql("staged", "loads")
+    if loads is None:
+        return None
+    rows = lake.lake.connect(views=False).execute(
+        f"SELECT batch_date, sum(rows_staged), sum(rows_quarantined), count(*) FILTER (WHERE status = 'quarantined') "
+        f"FROM {loads} WHERE dataset = ? GROUP BY 1 ORDER BY 1", [spec.key]).fetchall()
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    days = [r[0] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 2.6), dpi=100)
+    ax.bar(days, [r[1] for r in rows], label="rows staged", color="#3b7dd8")
+    ax.bar(days, [r[2] for r in rows], bottom=[r[1] for r in rows], label="rows quarantined", color="#d8573b")
+    for day, staged, quarantined, bad_files in rows:
+        if bad_files:
+            ax.annotate(f"+{bad_files} file(s)\nquarantined", (day, staged + quarantined), xytext=(0, 3),
+                        textcoords="offset points", ha="center", fontsize=7, color="#d8573b")
+    ax.set_ylim(0, max(r[1] + r[2] for r in rows) * 1.35 or 1)
+    ax.set_title(f"{spec.key}: rows per batch", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    ax.tick_params(labelsize=7)
+    fig.autofmt_xdate()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return dg.MetadataValue.md(f"![rows per batch](data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()})")
 
 
 def stage_metadata(spec: DatasetSpec, reports: list[StageReport], lake: LakeResource) -> dict:
@@ -169,6 +205,9 @@ def stage_metadata(spec: DatasetSpec, reports: list[StageReport], lake: LakeReso
         metadata["schema_drift_added_columns"] = ", ".join(drifted)
     if snapshot:
         metadata["iceberg_snapshot_id"] = str(snapshot.snapshot_id)
+    chart = loads_chart(lake, spec)
+    if chart is not None:
+        metadata["rows_per_batch"] = chart
     cdc_results = [result for r in reports for result in r.cdc]
     if cdc_results:
         metadata["cdc_merges"] = dg.MetadataValue.json([vars(result) for result in cdc_results])

@@ -146,6 +146,20 @@ class Partitioning(_Model):
 class Freshness(_Model):
     warn_after_hours: float | None = None
     fail_after_hours: float
+    # Daily-partitioned datasets: by when (cron, UTC) the previous batch must have landed.
+    # Default: each day at hour fail_after_hours % 24, i.e. fail_after_hours after the batch day began.
+    deadline_cron: str | None = None
+
+    @field_validator("deadline_cron")
+    @classmethod
+    def _cron(cls, v: str | None) -> str | None:
+        if v is not None and len(v.split()) != 5:
+            raise ValueError("deadline_cron must be a five-field cron expression, e.g. '0 9 * * *'")
+        return v
+
+    @property
+    def deadline(self) -> str:
+        return self.deadline_cron or f"0 {int(self.fail_after_hours) % 24} * * *"
 
     @model_validator(mode="after")
     def _order(self) -> Freshness:

@@ -97,6 +97,7 @@ def test_a_sensor_run_lands_its_files(demo_home):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("demo_home", ["local"], indirect=True)  # S3 + Glue: covered by the tests above
 def test_make_run_materialises_the_demo(demo_home):
     from lake_assets import run
 

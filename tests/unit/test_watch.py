@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import date
 
 from quayside import ingest
@@ -66,3 +67,17 @@ def test_the_periodic_sweep_finds_late_files_that_sort_before_the_cursor(local_l
 def test_cursor_round_trips_as_json():
     cursor = LandingCursor(after="a", pending={"b": 3}, dispatched=["c"], ticks=4)
     assert LandingCursor.parse(cursor.dump()) == cursor
+
+
+def test_thousands_of_new_files_make_one_batch_per_day_not_a_run_storm(local_lake):
+    spec = population_spec(source={"pattern": r"pop_(?P<date>\d{4}-\d{2}-\d{2})\.\d+\.csv"})
+    root = local_lake.landing.path("prisons/population")
+    os.makedirs(root)
+    for i in range(3000):
+        with open(f"{root}/pop_2026-11-0{1 + i % 3}.{i:05d}.csv", "wb"):
+            pass
+    _, cursor, listed = poll(local_lake, spec, LandingCursor())
+    batches, cursor, _ = poll(local_lake, spec, cursor)
+    assert listed == 3000 and [len(b.keys) for b in batches] == [1000, 1000, 1000]
+    _, _, listed = poll(local_lake, spec, cursor)
+    assert listed == 0

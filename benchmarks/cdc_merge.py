@@ -7,8 +7,8 @@
 
 The table: `id` (primary key, grows with `created_date`), `created_date` (partition by month,
 ~5 years), `status`, `amount`, `updated_at`; history holds one version per row. Changes are
-~70% U, 20% I (new keys, created today), 10% D. 'skewed': 90% of U/D hit rows created in the
-last 60 days, the rest any row; 'uniform': any row. Each run starts from the same baseline:
+~70% U, 20% I (new keys, created today), 10% D. 'skewed': 90% (`--recent-share`) of U/D hit
+rows created in the last 60 days, the rest any row; 'uniform': any row. Each run starts from the same baseline:
 the SQLite catalog is restored, so the tables point at the baseline snapshot again.
 """
 
@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from quayside.cdc import apply_changes  # noqa: E402
+from quayside.cdc import CdcResult, apply_changes  # noqa: E402
 from quayside.lake import Lake, LakeSettings  # noqa: E402
 from quayside.specs import DatasetSpec  # noqa: E402
 
@@ -85,19 +85,20 @@ def baseline_rows(rows: int, rng: np.random.Generator) -> pa.Table:
     return change_table(ids, created, np.full(rows, "I"), ts, None, "LOAD00000001.parquet", rng)
 
 
-def make_changes(rows: int, count: int, distribution: str, rng: np.random.Generator) -> pa.Table:
+def make_changes(rows: int, count: int, distribution: str, recent_share: float, rng: np.random.Generator) -> pa.Table:
     inserts = count * 20 // 100
     hits = count - inserts
     if distribution == "skewed":
         recent_from = rows * (DAYS - RECENT_DAYS) // DAYS
-        recent = rng.random(hits) < 0.9
+        recent = rng.random(hits) < recent_share
         targets = np.where(recent, rng.integers(recent_from, rows, hits), rng.integers(0, rows, hits))
     else:
         targets = rng.integers(0, rows, hits)
     ops = np.where(rng.random(hits) < 70 / 80, "U", "D")
     new_ids = np.arange(rows, rows + inserts, dtype=np.int64)
     ids = np.concatenate([targets, new_ids])
-    created = np.concatenate([created_date_of(targets, rows), np.full(inserts, np.datetime64(START + timedelta(DAYS - 1)))])
+    today = np.datetime64(START + timedelta(DAYS - 1))
+    created = np.concatenate([created_date_of(targets, rows), np.full(inserts, today)])
     all_ops = np.concatenate([ops, np.full(inserts, "I")])
     after = np.datetime64(START + timedelta(DAYS), "us")
     cdc_ts = after + rng.integers(0, 86_400_000_000, count).astype("timedelta64[us]")
@@ -124,14 +125,15 @@ class Baseline:
         return self.lake()
 
 
-def time_apply(base: Baseline, changes: pa.Table, runs: int) -> float:
+def time_apply(base: Baseline, changes: pa.Table, runs: int) -> tuple[float, CdcResult]:
+    """Median seconds over `runs`, each from the baseline, and the (same every run) result."""
     times = []
     for _ in range(runs):
         lake = base.reset()
         started = time.perf_counter()
-        apply_changes(lake, SPEC, changes, full_load=False)
+        result = apply_changes(lake, SPEC, changes, full_load=False)
         times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return statistics.median(times), result
 
 
 def time_upsert(base: Baseline, changes: pa.Table) -> float:
@@ -164,8 +166,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="median of this many runs")
     parser.add_argument("--quick", action="store_true", help="200k rows, 10k changes, one run")
     parser.add_argument("--with-upsert", action="store_true", help="also time pyiceberg upsert (slow)")
-    parser.add_argument("--scaling", action="store_true", help="skewed changes at 1M vs --rows rows")
+    parser.add_argument("--scaling", action="store_true", help="skewed changes at each of --scaling-rows")
     parser.add_argument("--scaling-rows", default="1000000,5000000", help="table sizes for --scaling")
+    parser.add_argument("--recent-share", type=float, default=0.9, help="skewed: share of U/D hitting recent rows")
     args = parser.parse_args()
     if args.quick:
         args.rows, args.changes, args.runs = 200_000, 10_000, 1
@@ -176,30 +179,33 @@ def main() -> None:
         if not args.scaling:
             base = Baseline(Path(tmp), args.rows, rng)
             for distribution in distributions:
-                changes = make_changes(args.rows, args.changes, distribution, rng)
-                merge = time_apply(base, changes, args.runs)
+                changes = make_changes(args.rows, args.changes, distribution, args.recent_share, rng)
+                merge, result = time_apply(base, changes, args.runs)
                 upsert = time_upsert(base, changes) if args.with_upsert else None
-                results.append((args.rows, args.changes, distribution, merge, upsert))
+                results.append((args.rows, args.changes, distribution, result.partitions_touched, merge, upsert))
                 print(f"  {distribution}: apply_changes {merge:.2f} s", flush=True)
         else:
             for rows in [int(r) for r in args.scaling_rows.split(",")]:
                 base = Baseline(Path(tmp), rows, rng)
-                merge = time_apply(base, make_changes(rows, args.changes, "skewed", rng), args.runs)
-                results.append((rows, args.changes, "skewed", merge, None))
+                changes = make_changes(rows, args.changes, "skewed", args.recent_share, rng)
+                merge, result = time_apply(base, changes, args.runs)
+                results.append((rows, args.changes, "skewed", result.partitions_touched, merge, None))
                 print(f"  {rows:,} rows: apply_changes {merge:.2f} s", flush=True)
                 shutil.rmtree(base.home)
     print_results(results, args.runs)
 
 
 def print_results(results: list[tuple], runs: int) -> None:
-    print(f"\n{'rows':>12} {'changes':>9} {'distribution':>12} {'apply_changes':>14} {'upsert':>9} {'ratio':>7}")
-    for rows, changes, distribution, merge, upsert in results:
+    print(f"\n{'rows':>12} {'changes':>9} {'distribution':>12} {'partitions':>10} {'apply_changes':>14} "
+          f"{'upsert':>9} {'ratio':>7}")
+    for rows, changes, distribution, partitions, merge, upsert in results:
         peer = f"{upsert:8.2f}s" if upsert is not None else f"{'-':>9}"
         ratio = f"{upsert / merge:6.1f}x" if upsert is not None else f"{'-':>7}"
-        print(f"{rows:>12,} {changes:>9,} {distribution:>12} {merge:>13.2f}s {peer} {ratio}")
+        print(f"{rows:>12,} {changes:>9,} {distribution:>12} {partitions:>10} {merge:>13.2f}s {peer} {ratio}")
     if len({r[0] for r in results}) > 1:
-        print(f"largest / smallest table: {results[-1][3] / results[0][3]:.2f}x the time")
-    print(f"(apply_changes: median of {runs} runs; upsert: one run, includes deleting the D keys)")
+        print(f"largest / smallest table: {results[-1][4] / results[0][4]:.2f}x the time")
+    print(f"(partitions: monthly partitions rewritten, of {DAYS // 365 * 12}; apply_changes: median of {runs} runs, "
+          "history + current; upsert: one run, current table only, includes deleting the D keys)")
 
 
 if __name__ == "__main__":

@@ -28,46 +28,45 @@ Rules:
   their current version is newer than the full load (they changed after it was taken).
 - Every change needs a `_cdc_ts`; ops must be I, U or D.
 
-How a merge stays cheap: the partition column must be immutable and present in every
-change row (also in 'D' rows), so all versions of a key live in one partition. The merge
-reads only the history partitions the changes fall into (a pyiceberg scan whose filter
-prunes by partition), recomputes `valid_to`/`is_current` in DuckDB for the keys that got new
-versions only, and replaces exactly those partitions of current and history, one commit
-each, with a filter on partition boundaries (so Iceberg drops whole files instead of
-rewriting them). Current is derived from the recomputed history and never read. A null
-partition value in the changes, a full load, or an unpartitioned table rewrites the whole
-table. Current is committed before history: if the second commit fails, history does not
-yet hold the changes, so re-applying them redoes both.
+How a merge stays cheap (pyiceberg's `upsert` builds a per-row filter and is ~20x slower):
+the partition column must be immutable and present in change rows, so all versions of a key
+live in one partition. The merge finds the partitions the changes fall into, reads the
+history data files of those partitions only (metadata tells which), re-chains in DuckDB only
+the keys that got new versions, and replaces exactly those files of history and current
+with one commit each (an Iceberg overwrite that removes whole files, never rewrites them).
+Current is derived from the recomputed history and never read. A full load, an
+unpartitioned table, or a change row without a partition value rewrites the whole table
+(a 'D' row without one, as DMS sends for key-only deletes, takes its key's value from the
+version before it). Current is committed before history: if the second commit fails, history
+does not hold the changes yet, so re-applying them redoes both.
+
+Cost and memory grow with the rows of the touched partitions, not of the changes: this is
+copy-on-write (pyiceberg 0.11 cannot write delete files), so a few changes scattered over
+old partitions rewrite all of them. Columns the change rows bring that the tables lack
+(schema drift) are added to both tables.
 """
 
 from __future__ import annotations
 
-import functools
 import itertools
 import uuid
-import warnings
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression, GreaterThanOrEqual, LessThan, Or
-from pyiceberg.io.pyarrow import bin_pack_arrow_table, write_file
+from pyiceberg.expressions import AlwaysTrue, And, GreaterThanOrEqual, LessThanOrEqual
+from pyiceberg.io.pyarrow import ArrowScan, bin_pack_arrow_table, write_file
 from pyiceberg.manifest import DataFile
-from pyiceberg.partitioning import PartitionFieldValue, PartitionKey
-from pyiceberg.table import Table, TableProperties, WriteTask
+from pyiceberg.partitioning import PartitionField, PartitionFieldValue, PartitionKey
+from pyiceberg.table import FileScanTask, Table, TableProperties, WriteTask
 from pyiceberg.utils.properties import property_as_int
 
 from quayside.lake import Lake
 from quayside.specs import LINEAGE_COLUMNS, DatasetSpec
 
-HISTORY_COLUMNS = ("op", "valid_from", "valid_to", "is_current")
 CHANGE_COLUMNS = ("_op", "_cdc_ts", "_cdc_seq")
-# More ranges than this make pyiceberg's per-file filter evaluation slow; nearby ranges are
-# bridged instead (rewriting a few untouched partitions is cheaper).
-MAX_RANGES = 32
 # Order of versions of one key: by the data, then deterministic tie-breakers.
 VERSION_ORDER = "valid_from, _cdc_seq NULLS FIRST, CASE op WHEN 'I' THEN 0 WHEN 'U' THEN 1 ELSE 2 END, _source_file"
 
@@ -90,13 +89,14 @@ def apply_changes(lake: Lake, spec: DatasetSpec, changes: pa.Table, full_load: b
     base = _arrow_schema(current)  # the table's columns: earlier drift may have added some
     if changes.num_rows == 0:
         return CdcResult(0, 0, _row_count(current), 0, 0)
+    changes = _conform(changes, pa.schema(list(base) + [changes.schema.field(c) for c in CHANGE_COLUMNS]))
 
+    touched = None if full_load else _touched_partitions(history, changes)
+    history_files = _data_files(history, changes, touched)
+    current_files = _data_files(current, changes, touched)
     con = duckdb.connect()
     try:
-        con.execute("SET TimeZone = 'UTC'")  # partition days of timestamptz columns are UTC days
-        con.register("chg", _conform(changes, pa.schema(list(base) + [changes.schema.field(c) for c in CHANGE_COLUMNS])))
-        where = AlwaysTrue() if full_load else _touched_filter(con, spec)
-        merge = _Merge(con, spec, base.names, _conform(history.scan(row_filter=where).to_arrow(), _arrow_schema(history)))
+        merge = _Merge(con, spec, base.names, changes, _read(history, history_files))
         new, closed = merge.new_versions(full_load)
         if new == 0:
             return CdcResult(changes.num_rows, 0, _row_count(current), 0, 0)
@@ -104,9 +104,10 @@ def apply_changes(lake: Lake, spec: DatasetSpec, changes: pa.Table, full_load: b
     finally:
         con.close()
     # Current first: history is the record of what was applied (see the module doc).
-    _replace(current, current_rows, where)
-    partitions = _replace(history, history_rows, where)  # history keeps every row: all partitions are in it
-    return CdcResult(changes.num_rows, new - closed, _row_count(current), partitions if spec.partitioning else 0, closed)
+    _replace(current, current_files, current_rows)
+    partitions = _replace(history, history_files, history_rows)  # history keeps every row: all its partitions
+    partitions = partitions if spec.partitioning else 0
+    return CdcResult(changes.num_rows, new - closed, _row_count(current), partitions, closed)
 
 
 # --- tables ---------------------------------------------------------------------------
@@ -116,14 +117,15 @@ def _check_changes(changes: pa.Table) -> None:
         raise ValueError(f"change rows lack the columns {missing}")
     if changes["_cdc_ts"].null_count:
         raise ValueError("change rows without a _cdc_ts cannot be ordered (configure the DMS timestamp column)")
-    ops = pc.unique(changes["_op"]).to_pylist()
-    if set(ops) - {"I", "U", "D"}:
-        raise ValueError(f"unknown CDC ops {sorted(set(ops) - {'I', 'U', 'D'}, key=str)}; expected I, U or D")
+    unknown = set(pc.unique(changes["_op"]).to_pylist()) - {"I", "U", "D"}
+    if unknown:
+        raise ValueError(f"unknown CDC ops {sorted(unknown, key=str)}; expected I, U or D")
 
 
 def _history_schema(base: pa.Schema) -> pa.Schema:
     return pa.schema(list(base) + [
-        pa.field("op", pa.string()), pa.field("valid_from", pa.timestamp("us")), pa.field("valid_to", pa.timestamp("us")),
+        pa.field("op", pa.string()),
+        pa.field("valid_from", pa.timestamp("us")), pa.field("valid_to", pa.timestamp("us")),
         pa.field("is_current", pa.bool_()), pa.field("_cdc_seq", pa.string())])
 
 
@@ -154,20 +156,66 @@ def _conform(data: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-def _replace(table: Table, data: pa.Table, where: BooleanExpression) -> int:
-    """Replace the rows matching `where` (whole partitions) with `data` in one commit; return
-    the number of partitions written."""
+def _row_count(table: Table) -> int:
+    snapshot = table.current_snapshot()
+    return int(snapshot.summary.get("total-records", 0)) if snapshot and snapshot.summary else 0
+
+
+# --- partitions and files -------------------------------------------------------------
+def _partition_field(table: Table) -> tuple[PartitionField, str] | None:
+    """The table's partition field and its source column (Quayside partitions on one column)."""
+    spec = table.spec()
+    if spec.is_unpartitioned():
+        return None
+    field = spec.fields[0]
+    return field, table.schema().find_column_name(field.source_id)
+
+
+def _partition_values(table: Table, field: PartitionField, column: pa.ChunkedArray) -> pa.Array:
+    """Iceberg partition values (e.g. months since 1970) of a column, by the table's own transform."""
+    source_type = table.schema().find_field(field.source_id).field_type
+    return field.transform.pyarrow_transform(source_type)(column.combine_chunks())
+
+
+def _touched_partitions(table: Table, changes: pa.Table) -> set[int] | None:
+    """Partition values the change rows fall into; None means every partition."""
+    partitioning = _partition_field(table)
+    if partitioning is None:
+        return None
+    field, column = partitioning
+    values = set(pc.unique(_partition_values(table, field, changes[column])).to_pylist())
+    return None if None in values else values  # a key's partition is unknown: any may hold it
+
+
+def _data_files(table: Table, changes: pa.Table, touched: set[int] | None) -> list[FileScanTask]:
+    """The table's data files in the touched partitions (all if `touched` is None), from metadata."""
+    if touched is None:
+        return list(table.scan().plan_files())
+    field, column = _partition_field(table)
+    low, high = pc.min_max(changes[column]).values()
+    # One range filter prunes manifests cheaply; pyiceberg's planning slows down sharply with
+    # a filter per partition (32 OR-ed ranges: 3 s), so exact partitions are picked here.
+    tasks = table.scan(row_filter=And(GreaterThanOrEqual(column, low.as_py()), LessThanOrEqual(column, high.as_py())))
+    spec_id = table.spec().spec_id
+    return [t for t in tasks.plan_files() if t.file.spec_id != spec_id or t.file.partition[0] in touched]
+
+
+def _read(table: Table, files: list[FileScanTask]) -> pa.Table:
+    """All rows of these data files (whole files: they are replaced whole)."""
+    rows = ArrowScan(table.metadata, table.io, table.schema(), row_filter=AlwaysTrue()).to_table(files)
+    return _conform(rows, _arrow_schema(table))
+
+
+def _replace(table: Table, old_files: list[FileScanTask], data: pa.Table) -> int:
+    """Swap `old_files` for `data` in one commit; return the number of partitions written."""
     slices = _partition_slices(table, _conform(data, _arrow_schema(table)))
-    files = _write_files(table, slices)
+    new_files = _write_files(table, slices)
     with table.transaction() as tx:
-        if table.current_snapshot() is not None:
-            with warnings.catch_warnings():  # a partition new to the table has nothing to delete
-                warnings.filterwarnings("ignore", "Delete operation did not match any records")
-                tx.delete(where)  # aligned with partitions: drops whole files, rewrites none
-        if files:
-            with tx.update_snapshot().fast_append() as append:
-                for data_file in files:
-                    append.append_data_file(data_file)
+        with tx.update_snapshot().overwrite() as overwrite:
+            for task in old_files:
+                overwrite.delete_data_file(task.file)
+            for data_file in new_files:
+                overwrite.append_data_file(data_file)
     return len(slices)
 
 
@@ -176,18 +224,17 @@ def _partition_slices(table: Table, data: pa.Table) -> list[tuple[PartitionKey |
     (one per data file read, then the re-chained rows sorted), so run-length encoding finds
     them without sorting everything. (`Table.overwrite` filters the whole table once per
     partition instead: seconds for 60 partitions of 5M rows.)"""
-    spec, schema = table.spec(), table.schema()
-    if spec.is_unpartitioned():
+    partitioning = _partition_field(table)
+    if partitioning is None:
         return [(None, data)] if data.num_rows else []
-    field = spec.fields[0]  # Quayside partitions on one column
-    source = schema.find_field(field.source_id)
-    runs = pc.run_end_encode(field.transform.pyarrow_transform(source.field_type)(data[source.name].combine_chunks()))
+    field, column = partitioning
+    runs = pc.run_end_encode(_partition_values(table, field, data[column]))
     groups: dict[int | None, list[pa.Table]] = {}
     start = 0
     for end, value in zip(runs.run_ends.to_pylist(), runs.values.to_pylist()):
         groups.setdefault(value, []).append(data.slice(start, end - start))
         start = end
-    return [(PartitionKey([PartitionFieldValue(field, value)], spec, schema), pa.concat_tables(parts))
+    return [(PartitionKey([PartitionFieldValue(field, value)], table.spec(), table.schema()), pa.concat_tables(parts))
             for value, parts in groups.items()]
 
 
@@ -202,80 +249,18 @@ def _write_files(table: Table, slices: list[tuple[PartitionKey | None, pa.Table]
     return list(write_file(table.io, table.metadata, tasks))
 
 
-def _row_count(table: Table) -> int:
-    snapshot = table.current_snapshot()
-    return int(snapshot.summary.get("total-records", 0)) if snapshot and snapshot.summary else 0
-
-
-# --- partitions -----------------------------------------------------------------------
-def _partition_sql(spec: DatasetSpec) -> str:
-    """The first day of a row's partition, in DuckDB (the session time zone is UTC)."""
-    column = f'"{spec.partitioning.column}"'
-    if spec.partitioning.granularity == "month":
-        return f"CAST(date_trunc('month', {column}) AS DATE)"
-    return f"CAST({column} AS DATE)"
-
-
-def _touched_filter(con: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> BooleanExpression:
-    """A filter selecting whole partitions: those the change rows fall into."""
-    if spec.partitioning is None:
-        return AlwaysTrue()
-    starts = [row[0] for row in con.execute(f"SELECT DISTINCT {_partition_sql(spec)} FROM chg").fetchall()]
-    if None in starts:
-        return AlwaysTrue()  # a key's partition is unknown: every partition may hold it
-    column = spec.partitioning.column
-    kind = spec.column(column).type
-
-    def bound(day: date) -> date | datetime:
-        if kind == "date":
-            return day
-        return datetime(day.year, day.month, day.day, tzinfo=timezone.utc if kind == "timestamptz" else None)
-
-    terms = [And(GreaterThanOrEqual(column, bound(start)), LessThan(column, bound(end)))
-             for start, end in partition_ranges(starts, spec.partitioning.granularity)]
-    return functools.reduce(Or, terms)
-
-
-def partition_ranges(starts: list[date], granularity: str, max_ranges: int = MAX_RANGES) -> list[tuple[date, date]]:
-    """[start, end) day ranges covering the partitions that begin on `starts`: adjacent
-    partitions are merged, and the smallest gaps bridged to keep at most `max_ranges`."""
-    ranges: list[tuple[date, date]] = []
-    for start in sorted(set(starts)):
-        end = _next_partition(start, granularity)
-        if ranges and ranges[-1][1] == start:
-            ranges[-1] = (ranges[-1][0], end)
-        else:
-            ranges.append((start, end))
-    if len(ranges) <= max_ranges:
-        return ranges
-    by_gap = sorted(range(1, len(ranges)), key=lambda i: ranges[i][0] - ranges[i - 1][1])
-    kept_gaps = set(by_gap[len(ranges) - max_ranges:])
-    bridged = [ranges[0]]
-    for i in range(1, len(ranges)):
-        if i in kept_gaps:
-            bridged.append(ranges[i])
-        else:
-            bridged[-1] = (bridged[-1][0], ranges[i][1])
-    return bridged
-
-
-def _next_partition(start: date, granularity: str) -> date:
-    if granularity == "day":
-        return start + timedelta(days=1)
-    return date(start.year + start.month // 12, start.month % 12 + 1, 1)
-
-
 # --- the merge, in DuckDB -------------------------------------------------------------
 class _Merge:
-    """SQL over `chg` (the change rows) and `hist` (the history partitions being replaced, with
-    a `_row` number). `hist` is scanned by DuckDB only for keys and versions; its rows stay in
-    Arrow."""
+    """SQL over `chg` (the change rows) and `hist` (the history rows being replaced, with a
+    `_row` number). DuckDB reads `hist` only for keys and versions; its rows stay in Arrow."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, spec: DatasetSpec, base: list[str], hist: pa.Table):
+    def __init__(self, con: duckdb.DuckDBPyConnection, spec: DatasetSpec, base: list[str], changes: pa.Table,
+                 hist: pa.Table):
         self.con, self.spec, self.base = con, spec, base
         self.cols = ", ".join(f'"{c}"' for c in base)
         self.keys = ", ".join(f'"{k}"' for k in spec.primary_key)
         self.hist = hist.append_column("_row", pa.array(np.arange(hist.num_rows)))
+        con.register("chg", changes)
         con.register("hist", self.hist)
 
     def _same_key(self, a: str, b: str) -> str:
@@ -319,20 +304,25 @@ class _Merge:
             WHERE c.valid_from <= (SELECT max(_cdc_ts) FROM chg)""").fetchone()[0]
 
     def rewrite(self) -> tuple[pa.Table, pa.Table]:
-        """The replaced partitions of (history, current): rows of keys without new versions as
-        they were, the versions of the other keys re-chained (`valid_to`, `is_current`)."""
+        """The replaced rows of (history, current): rows of keys without new versions as they
+        were, the versions of the other keys re-chained (`valid_to`, `is_current`)."""
         self.con.execute(f"CREATE TEMP TABLE rechain AS SELECT * FROM old o SEMI JOIN "
                          f"(SELECT DISTINCT {self.keys} FROM new) n ON {self._same_key('o', 'n')}")
-        # Sorted by the partition column, so the writer finds each partition's rows in one run.
-        order = f'ORDER BY "{self.spec.partitioning.column}" NULLS LAST' if self.spec.partitioning else ""
-        rechained = _conform(self.con.execute(f"""
-            SELECT {self.cols}, op, valid_from,
+        part = self.spec.partitioning.column if self.spec.partitioning else None
+        # A version without a partition value (a key-only 'D') stays in its key's partition.
+        columns = ", ".join(f'coalesce("{c}", last_value("{c}" IGNORE NULLS) OVER w) AS "{c}"'
+                            if c == part else f'"{c}"' for c in self.base)
+        # Sorted, so the writer finds each partition's rows in one run.
+        order = f'ORDER BY "{part}" NULLS LAST' if part else ""
+        rechained = self.con.execute(f"""
+            SELECT {columns}, op, valid_from,
                    CASE WHEN op = 'D' THEN valid_from ELSE lead(valid_from) OVER w END AS valid_to,
                    op <> 'D' AND lead(valid_from) OVER w IS NULL AS is_current,
                    _cdc_seq
             FROM (SELECT * EXCLUDE (valid_to, is_current, _row) FROM rechain UNION ALL BY NAME SELECT * FROM new)
             WINDOW w AS (PARTITION BY {self.keys} ORDER BY {VERSION_ORDER})
-            {order}""").to_arrow_table(), self.hist.schema.remove(self.hist.schema.get_field_index("_row")))
+            {order}""").to_arrow_table()
+        rechained = _conform(rechained, self.hist.schema.remove(self.hist.schema.get_field_index("_row")))
         # The other rows (most of them) are filtered in Arrow: DuckDB never copies them.
         keep = np.ones(self.hist.num_rows, dtype=bool)
         keep[self.con.execute("SELECT _row FROM rechain").fetchnumpy()["_row"]] = False

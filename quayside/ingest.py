@@ -378,6 +378,15 @@ def _type_and_validate(spec: DatasetSpec, source: str, names: list[str], new_col
     """Cast every column with TRY_CAST and evaluate the spec's rules in one vectorised pass."""
     actual = {n.lower(): n for n in names if n != "_row"}
     typed_cols, field_cases, reason_cases = [], [], []
+    cdc = _cdc_expressions(spec, actual) if spec.load_mode == "cdc" else {}
+    if cdc:
+        for condition, field_name, reason in [
+            (f"{cdc['_op']} NOT IN ('I', 'U', 'D')", spec.cdc.op_column, f"{spec.cdc.op_column}: not one of I, U, D"),
+            (f"{cdc['_cdc_ts']} IS NULL", spec.cdc.timestamp_column,
+             f"{spec.cdc.timestamp_column}: missing or not a timestamp"),
+        ]:
+            field_cases.append(f"WHEN {condition} THEN {sql_literal(field_name)}")
+            reason_cases.append(f"WHEN {condition} THEN {sql_literal(reason)}")
     for column in spec.columns:
         if column.name not in actual:
             typed_cols.append(f'CAST(NULL AS {duckdb_type(column)}) AS "{column.name}"')
@@ -389,11 +398,12 @@ def _type_and_validate(spec: DatasetSpec, source: str, names: list[str], new_col
         typed = f"TRY_CAST({src} AS {duckdb_type(column)})"
         typed_cols.append(f'{typed} AS "{column.name}"')
         for condition, reason in column_checks(column, src, typed):
+            if cdc and column.name not in spec.primary_key:
+                condition = f"({condition}) AND {cdc['_op']} <> 'D'"  # DMS deletes may carry only the key
             field_cases.append(f"WHEN {condition} THEN {sql_literal(column.name)}")
             reason_cases.append(f"WHEN {condition} THEN {reason}")
     typed_cols += [f'src."{actual[n]}" AS "{n}"' for n in new_columns]
-    if spec.load_mode == "cdc":
-        typed_cols += _cdc_columns(spec, actual)
+    typed_cols += [f"{expr} AS {alias}" for alias, expr in cdc.items()]
     field_sql = f"CASE {' '.join(field_cases)} END" if field_cases else "NULL"
     reason_sql = f"CASE {' '.join(reason_cases)} END" if reason_cases else "NULL"
     if source == "json_rows":
@@ -412,16 +422,17 @@ def _type_and_validate(spec: DatasetSpec, source: str, names: list[str], new_col
     return valid, bad
 
 
-def _cdc_columns(spec: DatasetSpec, actual: dict[str, str]) -> list[str]:
+def _cdc_expressions(spec: DatasetSpec, actual: dict[str, str]) -> dict[str, str]:
+    """SQL for the change columns: op (I when absent, as in DMS full loads), timestamp, sequence."""
     cdc = spec.cdc
     op = actual.get(cdc.op_column.lower())
     ts = actual.get(cdc.timestamp_column.lower())
     seq = actual.get(cdc.sequence_column.lower()) if cdc.sequence_column else None
-    return [
-        f"upper(coalesce(CAST(\"{op}\" AS VARCHAR), 'I')) AS _op" if op else "'I' AS _op",
-        f"TRY_CAST(\"{ts}\" AS TIMESTAMP) AS _cdc_ts" if ts else "CAST(NULL AS TIMESTAMP) AS _cdc_ts",
-        f"CAST(\"{seq}\" AS VARCHAR) AS _cdc_seq" if seq else "CAST(NULL AS VARCHAR) AS _cdc_seq",
-    ]
+    return {
+        "_op": f"upper(coalesce(CAST(src.\"{op}\" AS VARCHAR), 'I'))" if op else "'I'",
+        "_cdc_ts": f"TRY_CAST(src.\"{ts}\" AS TIMESTAMP)" if ts else "CAST(NULL AS TIMESTAMP)",
+        "_cdc_seq": f"CAST(src.\"{seq}\" AS VARCHAR)" if seq else "CAST(NULL AS VARCHAR)",
+    }
 
 
 # --- 3. typed rows → staged | quarantine ------------------------------------------------
@@ -468,6 +479,9 @@ def stage(lake: Lake, spec: DatasetSpec, batch_date: date | None = None, run_id:
         return stage_cdc(lake, spec, run_id)
     files = files_for_batch(lake, spec, batch_date)
     report = StageReport(spec.key, batch_date, [f["raw_key"] for f in files])
+    if not files:
+        _staged_table(lake, spec)  # exists (empty) so that checks and queries see the dataset
+        return report  # staged rows only ever come from raw files, so a batch without any has none
     reads = _read_files(lake, spec, files, report, run_id)
     table = _staged_table(lake, spec)
     staged = _concat([_with_lineage(r.valid, f) for r, f in reads], staged_schema(spec))
@@ -574,7 +588,9 @@ def _split_duplicate_keys(spec: DatasetSpec, staged: pa.Table) -> tuple[pa.Table
         return staged, []
     keys = ", ".join(f'"{k}"' for k in spec.primary_key)
     batch = staged.select(spec.primary_key + ["_source_file"]).append_column("_i", pa.array(range(staged.num_rows)))
-    dup_index = duckdb.connect().execute(
+    con = duckdb.connect()
+    con.register("batch", batch)
+    dup_index = con.execute(
         f"SELECT _i FROM batch QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY _source_file, _i) > 1"
     ).fetch_arrow_table()["_i"]
     if len(dup_index) == 0:

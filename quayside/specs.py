@@ -19,6 +19,8 @@ COLUMN_TYPES = ("string", "int", "float", "bool", "date", "timestamp", "timestam
 DECIMAL_TYPE = re.compile(r"^decimal\((\d{1,2}),\s*(\d{1,2})\)$")
 # Lineage columns Quayside adds to every staged row; specs may not declare them.
 LINEAGE_COLUMNS = ("_source_file", "_batch_date", "_ingested_at")
+# Columns the history table of a CDC dataset adds.
+CDC_HISTORY_COLUMNS = ("op", "valid_from", "valid_to", "is_current")
 
 
 class SpecError(ValueError):
@@ -222,6 +224,9 @@ class DatasetSpec(_Model):
         if self.load_mode == "cdc":
             if not self.primary_key:
                 raise ValueError("load_mode cdc needs a primary_key")
+            clash = sorted(set(names) & set(CDC_HISTORY_COLUMNS))
+            if clash:
+                raise ValueError(f"columns {clash} clash with the SCD2 columns of the history table")
             if self.cdc is None:
                 object.__setattr__(self, "cdc", Cdc())
         elif self.cdc is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from datetime import date
+from datetime import date, datetime
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -238,3 +238,47 @@ def test_pii_values_never_appear_in_reasons(local_lake):
 def test_path_traversal_names_from_run_config_are_refused(local_lake, key):
     with pytest.raises(ValueError, match="relative|'..'"):
         ingest.land(local_lake, population_spec(), keys=[key])
+
+
+def cases_spec() -> DatasetSpec:
+    return DatasetSpec.model_validate({
+        "name": "cases", "domain": "courts", "description": "Court cases (DMS)", "owner": "team:courts",
+        "source": {"location": "courts/cases/", "pattern": r"(LOAD\d+|\d{8}-\d{9})\.parquet", "format": "parquet"},
+        "columns": [{"name": "case_id", "type": "string", "nullable": False},
+                    {"name": "received_date", "type": "date", "nullable": False},
+                    {"name": "status", "type": "string", "nullable": False, "enum": ["open", "closed"]}],
+        "primary_key": ["case_id"], "load_mode": "cdc",
+        "partitioning": {"column": "received_date", "granularity": "month", "start": "2026-01-01"},
+        "cdc": {"sequence_column": "change_seq"},
+    })
+
+
+def parquet(**columns) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(pa.table(columns), buf)
+    return buf.getvalue()
+
+
+def test_dms_full_load_then_changes_with_key_only_deletes(lake):
+    spec = cases_spec()
+    ts = [pa.scalar(datetime(2026, 11, 1, 9), pa.timestamp("us"))] * 3
+    lake.landing.write("courts/cases/LOAD00000001.parquet", parquet(
+        case_id=["C1", "C2", "C3"], received_date=[DAY] * 3, status=["open"] * 3,
+        extraction_timestamp=pa.array(ts)))
+    later = pa.array([datetime(2026, 11, 2, 9, i) for i in range(4)], pa.timestamp("us"))
+    lake.landing.write("courts/cases/20261102-090000000.parquet", parquet(
+        Op=["U", "D", "I", "X"], extraction_timestamp=later, change_seq=["1", "2", "3", "4"],
+        case_id=["C1", "C2", "C4", "C5"], received_date=[DAY, None, DAY, DAY],
+        status=["closed", None, "open", "open"]))
+    ingest.land(lake, spec)
+    report = ingest.stage(lake, spec)
+    assert (report.rows_in, report.rows_staged, report.rows_quarantined) == (7, 6, 1)
+    (bad,) = quarantined(lake)
+    assert bad["field"] == "Op" and "not one of I, U, D" in bad["reason"]
+    current = lake.connect().sql("SELECT case_id, status FROM staged_courts.cases ORDER BY 1").fetchall()
+    assert current == [("C1", "closed"), ("C3", "open"), ("C4", "open")]  # C2's key-only delete applied
+    history = lake.connect().sql("SELECT case_id, op, is_current FROM staged_courts.cases_history "
+                                 "WHERE case_id IN ('C1', 'C2') ORDER BY case_id, valid_from").fetchall()
+    assert history == [("C1", "I", False), ("C1", "U", True), ("C2", "I", False), ("C2", "D", False)]
+    assert ingest.stage(lake, spec).files == []  # everything applied: a re-run has nothing to do
+    assert checks.rows_reconcile(lake, spec).passed and checks.primary_key_unique(lake, spec).passed

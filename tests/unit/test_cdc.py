@@ -7,7 +7,7 @@ from datetime import date, datetime, timezone
 import pyarrow as pa
 import pytest
 
-from quayside.cdc import apply_changes, partition_ranges
+from quayside.cdc import apply_changes
 from quayside.lake import Lake, LakeSettings
 from quayside.specs import DatasetSpec
 
@@ -118,7 +118,8 @@ def test_reapplying_changes_is_a_no_op(tmp_path):
     batch = changes(change(1, "I", "2024-01-05 10:00"), change(1, "U", "2024-01-06 10:00", "closed"),
                     change(2, "I", "2024-01-05 10:00", seq=None))
     apply_changes(lake, spec, batch, full_load=False)
-    snapshots = {n: lake.load_table("staged_courts", n).current_snapshot().snapshot_id for n in ("cases", "cases_history")}
+    snapshots = {n: lake.load_table("staged_courts", n).current_snapshot().snapshot_id
+                 for n in ("cases", "cases_history")}
     before = rows(lake, "cases_history"), rows(lake, "cases")
 
     again = apply_changes(lake, spec, batch, full_load=False)
@@ -218,13 +219,23 @@ def test_unpartitioned_table_with_composite_key(tmp_path):
     assert [(r["id"], r["region"]) for r in rows(lake, "cases", spec)] == [(1, "north")]
 
 
-def test_null_partition_values_fall_back_to_a_whole_table_rewrite(tmp_path):
+def test_null_partition_values_rewrite_the_whole_table_and_key_only_deletes_keep_their_partition(tmp_path):
     lake, spec = new_lake(tmp_path), make_spec()
     apply_changes(lake, spec, changes(change(1, "I", "2024-01-05 10:00"),
                                       change(2, "I", "2024-02-05 10:00", opened=date(2024, 2, 5))), full_load=False)
-    result = apply_changes(lake, spec, changes(change(3, "I", "2024-02-06 10:00", opened=None)), full_load=False)
+    result = apply_changes(lake, spec, changes(change(3, "I", "2024-02-06 10:00", opened=None),
+                                               change(2, "D", "2024-02-07 10:00", opened=None)), full_load=False)
+
     assert result.partitions_touched == 3  # January, February and the null partition
-    assert current(lake) == [(1, "open"), (2, "open"), (3, "open")]
+    assert current(lake) == [(1, "open"), (3, "open")]
+    deleted = [r for r in rows(lake, "cases_history") if r["op"] == "D"]
+    assert [(r["id"], r["opened"]) for r in deleted] == [(2, date(2024, 2, 5))]
+    # A later change to key 2's partition sees the delete: the chain stays right.
+    apply_changes(lake, spec, changes(change(2, "I", "2024-02-08 10:00", opened=date(2024, 2, 5))), full_load=False)
+    assert [h for h in history(lake) if h[0] == 2] == [
+        (2, "I", "open", ts("2024-02-05 10:00"), ts("2024-02-07 10:00"), False),
+        (2, "D", "open", ts("2024-02-07 10:00"), ts("2024-02-07 10:00"), False),
+        (2, "I", "open", ts("2024-02-08 10:00"), None, True)]
 
 
 def test_changes_need_a_timestamp_and_known_ops(tmp_path):
@@ -236,10 +247,39 @@ def test_changes_need_a_timestamp_and_known_ops(tmp_path):
         apply_changes(lake, spec, changes(change(1, "X", "2024-01-05 10:00")), full_load=False)
 
 
-def test_partition_ranges_merge_neighbours_and_bridge_small_gaps():
-    days = [date(2024, 1, 1), date(2024, 1, 2), date(2024, 1, 4), date(2024, 1, 10)]
-    assert partition_ranges(days, "day") == [(date(2024, 1, 1), date(2024, 1, 3)), (date(2024, 1, 4), date(2024, 1, 5)),
-                                             (date(2024, 1, 10), date(2024, 1, 11))]
-    assert partition_ranges(days, "day", max_ranges=2) == [(date(2024, 1, 1), date(2024, 1, 5)),
-                                                           (date(2024, 1, 10), date(2024, 1, 11))]
-    assert partition_ranges([date(2024, 12, 1), date(2025, 1, 1)], "month") == [(date(2024, 12, 1), date(2025, 2, 1))]
+def test_day_partitions_on_a_timestamptz_column(tmp_path):
+    spec = DatasetSpec.model_validate({
+        "name": "events", "domain": "courts", "description": "events", "owner": "team:data",
+        "source": {"location": "courts/events/", "pattern": r".*\.parquet", "format": "parquet"},
+        "columns": [{"name": "id", "type": "int"}, {"name": "at", "type": "timestamptz"}],
+        "primary_key": ["id"], "partitioning": {"column": "at", "granularity": "day", "start": "2024-01-01"},
+        "load_mode": "cdc"})
+
+    def batch(*rows: tuple[int, str, str, str]) -> pa.Table:
+        return pa.table({
+            "id": pa.array([r[0] for r in rows], pa.int64()),
+            "at": pa.array([datetime.fromisoformat(r[1]) for r in rows], pa.timestamp("us", tz="UTC")),
+            "_source_file": ["cdc/1.parquet"] * len(rows), "_batch_date": pa.array([date(2024, 3, 1)] * len(rows)),
+            "_ingested_at": pa.array([INGESTED] * len(rows), pa.timestamp("us", tz="UTC")),
+            "_op": [r[2] for r in rows], "_cdc_ts": pa.array([ts(r[3]) for r in rows], pa.timestamp("us")),
+            "_cdc_seq": pa.nulls(len(rows), pa.string())})
+
+    lake = new_lake(tmp_path)
+    apply_changes(lake, spec, batch((1, "2024-01-01T23:30:00+00:00", "I", "2024-01-02 00:00"),
+                                    (2, "2024-01-02T00:30:00+00:00", "I", "2024-01-02 01:00")), full_load=False)
+    result = apply_changes(lake, spec, batch((2, "2024-01-02T00:30:00+00:00", "D", "2024-01-03 00:00")),
+                           full_load=False)
+
+    assert result.partitions_touched == 1  # 2 January (UTC) only
+    remaining = lake.load_table("staged_courts", "events").scan().to_arrow()
+    assert remaining["id"].to_pylist() == [1]
+
+
+def test_a_new_column_in_the_changes_is_added_to_both_tables(tmp_path):
+    lake, spec = new_lake(tmp_path), make_spec()
+    apply_changes(lake, spec, changes(change(1, "I", "2024-01-05 10:00")), full_load=False)
+    drifted = changes(change(2, "I", "2024-01-06 10:00")).append_column("judge", pa.array(["Smith"]))
+    apply_changes(lake, spec, drifted, full_load=False)
+
+    for table in ("cases", "cases_history"):
+        assert [(r["id"], r["judge"]) for r in rows(lake, table)] == [(1, None), (2, "Smith")]

@@ -80,3 +80,9 @@ def test_cdc_needs_a_primary_key(tmp_path):
     text = GOOD.replace("primary_key: [snapshot_date]", "primary_key: []") + "load_mode: cdc\n"
     with pytest.raises(SpecError, match="cdc needs a primary_key"):
         load_spec(write(tmp_path, text))
+
+
+def test_cdc_columns_may_not_clash_with_history_columns(tmp_path):
+    text = GOOD.replace("name: population, type: int", "name: op, type: int") + "load_mode: cdc\n"
+    with pytest.raises(SpecError, match="clash with the SCD2 columns"):
+        load_spec(write(tmp_path, text))

@@ -13,7 +13,11 @@ $(VENV)/.installed: pyproject.toml uv.lock
 	uv sync --frozen --python 3.11
 	@touch $@
 
-install: $(VENV)/.installed
+# The dbt manifest is prepared once here, never when the code location loads.
+dbt_project/target/manifest.json: $(VENV)/.installed $(shell find dbt_project -name '*.sql' -o -name '*.yml' | grep -v target/)
+	cd dbt_project && ../$(VENV)/bin/dbt parse --quiet --profiles-dir .
+
+install: $(VENV)/.installed dbt_project/target/manifest.json
 
 $(DAGSTER_HOME)/dagster.yaml:
 	@mkdir -p $(DAGSTER_HOME) && touch $@

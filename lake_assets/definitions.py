@@ -7,6 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from lake_assets.curated import curated_dbt_models
 from lake_assets.factory import build_dataset
 from quayside.specs import load_specs
 from resources import build_resources
@@ -23,6 +24,7 @@ def build_definitions(datasets: Path = DATASETS) -> dg.Definitions:
     per_dataset = [build_dataset(spec) for spec in load_specs(datasets)]
     freshness_checks = [c for d in per_dataset for c in (d.asset_checks or []) if "freshness" in str(c.check_keys)]
     platform = dg.Definitions(
+        assets=[curated_dbt_models],
         sensors=[alert_on_run_failure, dg.AutomationConditionSensorDefinition(
             "default_automation_condition_sensor", target=dg.AssetSelection.all(),
             default_status=dg.DefaultSensorStatus.RUNNING)] + ([dg.build_sensor_for_freshness_checks(

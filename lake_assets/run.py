@@ -1,8 +1,8 @@
 """Materialise every dataset through Dagster and print a summary (what `make run` calls).
 
 Unpartitioned datasets run together in one run; each daily-partitioned dataset runs its whole
-range of landed batches as one single-run backfill. Exits non-zero if a run or a blocking
-check failed.
+range of landed batches as one single-run backfill; then one `dbt build` makes the curated
+layer. Exits non-zero if a run or a blocking check failed.
 """
 
 import argparse
@@ -15,6 +15,7 @@ import dagster as dg
 from pyiceberg.expressions import AlwaysTrue
 
 from lake_assets.definitions import DATASETS, build_definitions
+from lake_assets.curated import curated_dbt_models
 from lake_assets.factory import partitions_for
 from quayside.ingest import batch_date_of, landing_files, read_system, unmatched_landing_files
 from quayside.lake import Lake
@@ -46,6 +47,7 @@ def plan_runs(lake: Lake, specs: list[DatasetSpec]) -> list[tuple[str, list[dg.A
             keys = [dg.AssetKey(["raw", spec.domain, spec.name]), dg.AssetKey(["staged", spec.domain, spec.name])]
             runs.append((f"{spec.key} {batches[0]}..{batches[-1]}", keys,
                          {RANGE_START: batches[0], RANGE_END: batches[-1]}))
+    runs.append(("curated layer (dbt build)", sorted(curated_dbt_models.keys), {}))
     return runs
 
 

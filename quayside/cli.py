@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from datetime import date
+from pathlib import Path
 
 from quayside.lake import Lake
 
@@ -60,6 +61,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dbt_sources(args: argparse.Namespace) -> int:
+    from quayside.dbt_sources import SOURCES_FILE, render_sources
+    from quayside.specs import load_specs
+
+    SOURCES_FILE.write_text(render_sources(load_specs(Path(args.datasets))))
+    print(f"wrote {SOURCES_FILE}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="quayside", description="Quayside data lake")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -77,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--days", type=int, default=7)
     p.add_argument("--end", default="2026-11-01")
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("dbt-sources", help="regenerate the dbt sources from the dataset specs")
+    p.add_argument("--datasets", default=str(Path(__file__).resolve().parent.parent / "lake_assets" / "datasets"))
+    p.set_defaults(func=cmd_dbt_sources)
     args = parser.parse_args(argv)
     return args.func(args)
 

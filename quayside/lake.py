@@ -192,6 +192,8 @@ class Lake:
             home = Path(s.home).resolve()
             for zone in ZONES:
                 (home / zone).mkdir(parents=True, exist_ok=True)
+            # dbt-duckdb's database and its external models' scratch files (dbt_project/profiles.yml).
+            (home / "dbt" / "external").mkdir(parents=True, exist_ok=True)
             fs = pafs.LocalFileSystem()
             self.zones = {z: Storage(fs, str(home / z), (home / z).as_uri()) for z in ZONES}
             self.warehouse_uri = (home / "warehouse").as_uri()
@@ -301,6 +303,11 @@ class Lake:
         snapshot-consistent read (a later commit needs a new connection or `refresh_views`).
         """
         con = duckdb.connect()
+        self.attach(con, views=views)
+        return con
+
+    def attach(self, con: duckdb.DuckDBPyConnection, views: bool = True) -> None:
+        """Make an existing DuckDB connection read the lake (extensions, S3 secret, table views)."""
         con.execute("SET TimeZone = 'UTC'")
         load_extensions(con, httpfs=self.settings.profile == "aws")
         if self.settings.profile == "aws":
@@ -320,7 +327,6 @@ class Lake:
             con.execute(f"CREATE OR REPLACE SECRET quayside_s3 (TYPE s3, {', '.join(opts)})")
         if views:
             self.refresh_views(con)
-        return con
 
     def scan_sql(self, namespace: str, name: str) -> str | None:
         """`iceberg_scan(...)` of a table's current snapshot, for DuckDB; None if it doesn't exist."""

@@ -8,7 +8,10 @@ the AWS Glue Data Catalog, credentials from the standard AWS chain (never from c
 from __future__ import annotations
 
 import os
+import sys
 from functools import cached_property
+
+from pathlib import Path
 
 import dagster as dg
 
@@ -46,4 +49,10 @@ def lake_resource() -> LakeResource:
     )
 
 def build_resources() -> dict[str, object]:
-    return {"lake": lake_resource()}
+    from dagster_dbt import DbtCliResource
+
+    from lake_assets.curated import DBT_PROJECT
+
+    # dbt's target follows QUAYSIDE_PROFILE too (dbt_project/profiles.yml): DuckDB locally, Athena on aws.
+    dbt_executable = str(Path(sys.executable).parent / "dbt")  # the venv's dbt, whatever PATH says
+    return {"lake": lake_resource(), "dbt": DbtCliResource(project_dir=DBT_PROJECT, dbt_executable=dbt_executable)}

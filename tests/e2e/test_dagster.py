@@ -114,6 +114,10 @@ def test_make_run_materialises_the_demo(demo_home):
     reasons = [r for (r,) in con.sql("SELECT reason FROM quarantine.files ORDER BY reason").fetchall()]
     assert len(reasons) == 5 and any("empty file" in r for r in reasons)
     assert count("quarantine.rows") == 3
+    # The curated layer: dbt marts written back as Iceberg tables, consistent with the staged rows.
+    assert count("curated_prisons.prison_population_daily") == summary.rows["prisons.population"]
+    spend = con.sql("SELECT sum(total_amount) FROM curated_legal_aid.legal_aid_spend_monthly").fetchone()[0]
+    assert spend == con.sql("SELECT sum(amount) FROM staged_legal_aid.payments").fetchone()[0]
     statuses = dict(con.sql("SELECT status, count(*) FROM raw.manifest GROUP BY 1").fetchall())
     assert statuses["duplicate"] == 1
     # Re-running changes nothing: same rows, no new raw files.

@@ -1,0 +1,48 @@
+"""The curated layer: the dbt project as Dagster assets.
+
+dbt sources carry `meta.dagster.asset_key` (generated from the specs), so each staging model
+hangs under the staged asset it reads; models are grouped by domain, marts get freshness.
+The manifest is prepared once at install time (`make install` runs `dbt parse`), never on load.
+"""
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, DbtProject, dbt_assets
+
+DBT_DIR = Path(__file__).resolve().parent.parent / "dbt_project"
+DBT_PROJECT = DbtProject(project_dir=DBT_DIR, profiles_dir=DBT_DIR)
+MART_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=30), warn_window=timedelta(hours=26))
+
+
+class QuaysideTranslator(DagsterDbtTranslator):
+    """Curated assets: key curated/<domain>/<model>, grouped by domain, owners and freshness from dbt."""
+
+    def get_asset_spec(self, manifest: dict[str, Any], unique_id: str, project: DbtProject | None) -> dg.AssetSpec:
+        spec = super().get_asset_spec(manifest, unique_id, project)
+        node = manifest["nodes"].get(unique_id)
+        if node is None:  # a source: its asset key comes from meta (the staged asset)
+            return spec
+        layer, domain = (node["fqn"][1:3] + ["shared"])[:2] if len(node["fqn"]) > 2 else ("models", "shared")
+        owner = node.get("meta", {}).get("owner") or node.get("config", {}).get("meta", {}).get("owner")
+        return spec.replace_attributes(
+            key=dg.AssetKey(["curated" if layer == "marts" else layer, domain, node["name"]]),
+            group_name=domain,
+            owners=[owner] if owner else spec.owners,
+            freshness_policy=MART_FRESHNESS if layer == "marts" else None,
+        ).merge_attributes(kinds={"iceberg"} if layer == "marts" else set())
+
+
+@dbt_assets(
+    manifest=DBT_PROJECT.manifest_path,
+    project=DBT_PROJECT,
+    dagster_dbt_translator=QuaysideTranslator(DagsterDbtTranslatorSettings(enable_code_references=False)),
+)
+def curated_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource):
+    yield from dbt.cli(["build"], context=context).stream()
+
+
+def dbt_resource() -> DbtCliResource:
+    return DbtCliResource(project_dir=DBT_PROJECT)

@@ -25,7 +25,9 @@ class QuaysideTranslator(DagsterDbtTranslator):
         node = manifest["nodes"].get(unique_id)
         if node is None:  # a source: its asset key comes from meta (the staged asset)
             return spec
-        layer, domain = (node["fqn"][1:3] + ["shared"])[:2] if len(node["fqn"]) > 2 else ("models", "shared")
+        folders = node["fqn"][1:-1]  # [project, <layer>, <domain>, ..., model]
+        layer = folders[0] if folders else "models"
+        domain = folders[1] if len(folders) > 1 else "shared"
         owner = node.get("meta", {}).get("owner") or node.get("config", {}).get("meta", {}).get("owner")
         return spec.replace_attributes(
             key=dg.AssetKey(["curated" if layer == "marts" else layer, domain, node["name"]]),
@@ -42,7 +44,3 @@ class QuaysideTranslator(DagsterDbtTranslator):
 )
 def curated_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource):
     yield from dbt.cli(["build"], context=context).stream()
-
-
-def dbt_resource() -> DbtCliResource:
-    return DbtCliResource(project_dir=DBT_PROJECT)

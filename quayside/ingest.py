@@ -61,9 +61,9 @@ DUCKDB_TYPES = {"string": "VARCHAR", "int": "BIGINT", "float": "DOUBLE", "bool":
                 "timestamp": "TIMESTAMP", "timestamptz": "TIMESTAMPTZ"}
 ARROW_TYPES = {"string": pa.string(), "int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(),
                "date": pa.date32(), "timestamp": pa.timestamp("us"), "timestamptz": pa.timestamp("us", tz="UTC")}
-# CDC bookkeeping columns carried from DMS files into the merge.
 # Replacing a batch that was never written before deletes nothing; that is expected, not a warning.
 warnings.filterwarnings("ignore", message="Delete operation did not match any records")
+# CDC bookkeeping columns carried from DMS files into the merge.
 CDC_COLUMNS = pa.schema([("_op", pa.string()), ("_cdc_ts", pa.timestamp("us")), ("_cdc_seq", pa.string())])
 
 

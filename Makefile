@@ -20,7 +20,7 @@ dbt_project/target/manifest.json: $(VENV)/.installed $(shell find dbt_project -n
 install: $(VENV)/.installed dbt_project/target/manifest.json
 
 $(DAGSTER_HOME)/dagster.yaml:
-	@mkdir -p $(DAGSTER_HOME) && touch $@
+	@mkdir -p $(DAGSTER_HOME) && printf 'telemetry:\n  enabled: false\n' > $@
 
 ## make run: install, generate the demo tenant's files, materialise every asset, print a summary
 run: install $(DAGSTER_HOME)/dagster.yaml

@@ -5,6 +5,7 @@ hangs under the staged asset it reads; models are grouped by domain, marts get f
 The manifest is prepared once at install time (`make install` runs `dbt parse`), never on load.
 """
 
+import json
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtC
 
 DBT_DIR = Path(__file__).resolve().parent.parent / "dbt_project"
 DBT_PROJECT = DbtProject(project_dir=DBT_DIR, profiles_dir=DBT_DIR)
+DAILY_MODELS = "tag:daily"  # incremental models partitioned by day
 MART_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=30), warn_window=timedelta(hours=26))
 
 
@@ -34,13 +36,28 @@ class QuaysideTranslator(DagsterDbtTranslator):
             group_name=domain,
             owners=[owner] if owner else spec.owners,
             freshness_policy=MART_FRESHNESS if layer == "marts" else None,
+            automation_condition=dg.AutomationCondition.eager(),  # curated follows staged
         ).merge_attributes(kinds={"iceberg"} if layer == "marts" else set())
 
 
-@dbt_assets(
-    manifest=DBT_PROJECT.manifest_path,
-    project=DBT_PROJECT,
-    dagster_dbt_translator=QuaysideTranslator(DagsterDbtTranslatorSettings(enable_code_references=False)),
-)
-def curated_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource):
-    yield from dbt.cli(["build"], context=context).stream()
+def build_curated_assets(daily_partitions: dg.DailyPartitionsDefinition,
+                         project: DbtProject = DBT_PROJECT) -> list[dg.AssetsDefinition]:
+    """Two dbt asset definitions over one manifest: the models rebuilt whole, and the daily models
+    (tag:daily), partitioned by day, where a partition or a backfill range is one `dbt build` with
+    the window as vars (start_date inclusive, end_date exclusive)."""
+    translator = QuaysideTranslator(DagsterDbtTranslatorSettings(enable_code_references=False))
+
+    @dbt_assets(manifest=project.manifest_path, project=project, dagster_dbt_translator=translator,
+                exclude=DAILY_MODELS, name="curated_dbt_models")
+    def curated_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource):
+        yield from dbt.cli(["build"], context=context).stream()
+
+    @dbt_assets(manifest=project.manifest_path, project=project, dagster_dbt_translator=translator,
+                select=DAILY_MODELS, name="curated_daily_dbt_models", partitions_def=daily_partitions,
+                backfill_policy=dg.BackfillPolicy.single_run())
+    def curated_daily_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource):
+        window = context.partition_time_window
+        dbt_vars = {"start_date": window.start.date().isoformat(), "end_date": window.end.date().isoformat()}
+        yield from dbt.cli(["build", "--vars", json.dumps(dbt_vars)], context=context).stream()
+
+    return [curated_dbt_models, curated_daily_dbt_models]

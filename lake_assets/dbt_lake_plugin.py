@@ -2,38 +2,49 @@
 
 - `configure_connection`: every Iceberg table becomes a view `<namespace>.<table>` over
   `iceberg_scan` of its current metadata (zero-copy), so dbt sources read the staged layer.
-- `store`: an `external` model's Parquet output replaces the Iceberg table
-  `<schema>.<model>` in one commit; readers keep the previous snapshot until then, and a model
-  that fails never reaches `store`, so a curated table is never half-written.
+- `store`: an `external` model's Parquet output replaces the Iceberg table `<schema>.<model>`
+  in one commit (`quayside.publish`); a model that fails never reaches `store`, so a curated
+  table is never half-written. A model configured with `replace_range: [column, start, end]`
+  (a daily incremental model) replaces only the rows in that range.
 """
 
 from __future__ import annotations
 
+from datetime import date
+
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from dbt.adapters.duckdb.plugins import BasePlugin
 from dbt.adapters.duckdb.utils import TargetConfig
 from duckdb import DuckDBPyConnection
 
-from quayside.ingest import conform, retry_commit
 from quayside.lake import Lake
+from quayside.publish import publish
 
 
 class Plugin(BasePlugin):
     def initialize(self, plugin_config: dict) -> None:
         self.lake = Lake()
+        self.connection: DuckDBPyConnection | None = None
 
     def configure_connection(self, conn: DuckDBPyConnection) -> None:
         self.lake.attach(conn)
+        self.connection = conn
 
     def store(self, target_config: TargetConfig) -> None:
         relation = target_config.relation
         data = pq.read_table(target_config.location.path)
-        table = self.lake.load_table(relation.schema, relation.identifier)
-        if table is None:
-            table = self.lake.create_table(relation.schema, relation.identifier, data.schema)
-        elif not table.schema().as_arrow().equals(data.schema, check_metadata=False):
-            with table.update_schema(allow_incompatible_changes=True) as update:
-                update.union_by_name(data.schema)
-            table = self.lake.load_table(relation.schema, relation.identifier)
-        rows = conform(data, table.schema().as_arrow())
-        retry_commit(lambda: self.lake.load_table(relation.schema, relation.identifier).overwrite(rows))
+        if data.num_rows == 1 and all(pc.all(pc.is_null(c)).as_py() for c in data.columns):
+            data = data.slice(0, 0)  # dbt-duckdb writes one all-null row for an empty result
+        replace_range = target_config.config.get("replace_range")
+        if replace_range:
+            column, start, end = replace_range
+            replace_range = (column, date.fromisoformat(str(start)), date.fromisoformat(str(end)))
+        table = publish(self.lake, relation.schema, relation.identifier, data, replace_range=replace_range,
+                        partition_day=target_config.config.get("partition_day"))
+        if self.connection is not None:
+            # dbt's view reads only this run's Parquet file: point it at the whole Iceberg table,
+            # so tests and downstream models see every partition, as analysts do.
+            self.connection.cursor().execute(
+                f'CREATE OR REPLACE VIEW "{relation.schema}"."{relation.identifier}" AS '
+                f"SELECT * FROM iceberg_scan('{table.metadata_location}')")

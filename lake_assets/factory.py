@@ -5,20 +5,17 @@ its reports into metadata the UI shows.
 """
 
 
-import base64
-import io
 from datetime import date, timedelta
 
 import dagster as dg
-import pyarrow as pa
 
+from lake_assets.metadata import figure_markdown, new_figure, preview_markdown
 from quayside import checks
 from quayside.ingest import LandReport, StageReport, land, stage
 from quayside.specs import DatasetSpec
 from resources import LakeResource
 from sensors.landing import build_landing_sensor
 
-PREVIEW_ROWS = 10
 
 
 class LandingFiles(dg.Config):
@@ -54,19 +51,6 @@ def column_schema(spec: DatasetSpec) -> dg.TableSchema:
                ("_batch_date", "date", "daily batch the file belongs to"),
                ("_ingested_at", "timestamptz", "when the file entered the raw zone")]
     return dg.TableSchema(columns=cols + [dg.TableColumn(n, t, description=d) for n, t, d in lineage])
-
-
-def preview_markdown(spec: DatasetSpec, data: pa.Table | None) -> dg.MetadataValue:
-    """A first-rows table for the UI, with PII columns masked."""
-    if data is None or data.num_rows == 0:
-        return dg.MetadataValue.md("_no rows_")
-    pii = {c.name for c in spec.columns if c.pii}
-    rows = data.slice(0, PREVIEW_ROWS).to_pylist()
-    names = [n for n in data.column_names if not n.startswith("_")]
-    lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
-    for row in rows:
-        lines.append("| " + " | ".join("•••" if n in pii else str(row[n]) for n in names) + " |")
-    return dg.MetadataValue.md("\n".join(lines))
 
 
 def build_dataset(spec: DatasetSpec) -> dg.Definitions:
@@ -158,13 +142,8 @@ def loads_chart(lake: LakeResource, spec: DatasetSpec) -> dg.MetadataValue | Non
         f"FROM {loads} WHERE dataset = ? GROUP BY 1 ORDER BY 1", [spec.key]).fetchall()
     if not rows:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     days = [r[0] for r in rows]
-    fig, ax = plt.subplots(figsize=(7, 2.6), dpi=100)
+    fig, ax = new_figure()
     ax.bar(days, [r[1] for r in rows], label="rows staged", color="#3b7dd8")
     ax.bar(days, [r[2] for r in rows], bottom=[r[1] for r in rows], label="rows quarantined", color="#d8573b")
     for day, staged, quarantined, bad_files in rows:
@@ -176,10 +155,7 @@ def loads_chart(lake: LakeResource, spec: DatasetSpec) -> dg.MetadataValue | Non
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     ax.tick_params(labelsize=7)
     fig.autofmt_xdate()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", bbox_inches="tight")
-    plt.close(fig)
-    return dg.MetadataValue.md(f"![rows per batch](data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()})")
+    return figure_markdown(fig, "rows per batch")
 
 
 def stage_metadata(spec: DatasetSpec, reports: list[StageReport], lake: LakeResource) -> dict:
@@ -195,7 +171,8 @@ def stage_metadata(spec: DatasetSpec, reports: list[StageReport], lake: LakeReso
         "files_read": sum(len(r.files) for r in reports),
         "files_quarantined": len(quarantined),
         "reconciled": all(r.reconciled for r in reports),
-        "preview": preview_markdown(spec, next((r.preview for r in reversed(reports) if r.preview is not None), None)),
+        "preview": preview_markdown(next((r.preview for r in reversed(reports) if r.preview is not None), None),
+                                    masked={c.name for c in spec.columns if c.pii}),
     }
     if quarantined:
         metadata["quarantine"] = dg.MetadataValue.md("| file | field | reason |\n|---|---|---|\n" + "\n".join(

@@ -1,24 +1,24 @@
 """Materialise every dataset through Dagster and print a summary (what `make run` calls).
 
 Unpartitioned datasets run together in one run; each daily-partitioned dataset runs its whole
-range of landed batches as one single-run backfill; then one `dbt build` makes the curated
-layer. Exits non-zero if a run or a blocking check failed.
+range of landed batches as one single-run backfill; then the Python assets and one `dbt build` make the
+curated layer, and the daily dbt models are built for the whole range in one more `dbt build`. Exits non-zero if a run or a blocking check failed.
 """
 
 import argparse
+import contextlib
 import sys
 import time
 from datetime import date
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import dagster as dg
 from pyiceberg.expressions import AlwaysTrue
 
 from lake_assets.definitions import DATASETS, build_definitions
-from lake_assets.curated import curated_dbt_models
 from lake_assets.factory import partitions_for
 from quayside.ingest import batch_date_of, landing_files, read_system, unmatched_landing_files
-from quayside.lake import Lake
+from quayside.lake import Lake, LakeSettings
 from quayside.specs import DatasetSpec, load_specs
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -32,14 +32,15 @@ def landed_batches(lake: Lake, spec: DatasetSpec, last_partition: str) -> list[s
     return sorted(d.isoformat() for d in days if spec.partitioning.start <= d <= date.fromisoformat(last_partition))
 
 
-def plan_runs(lake: Lake, specs: list[DatasetSpec]) -> list[tuple[str, list[dg.AssetKey], dict[str, str]]]:
-    """(label, asset keys, tags) per run."""
+def plan_runs(lake: Lake, specs: list[DatasetSpec], defs: dg.Definitions) -> list[tuple[str, list[dg.AssetKey], dict]]:
+    """(label, asset keys, tags) per run: ingestion, then everything downstream of the staged layer."""
     runs = []
     unpartitioned = [s for s in specs if not s.daily_partitioned]
     keys = [dg.AssetKey([zone, s.domain, n]) for s in unpartitioned for zone, n in
             [("raw", s.name), ("staged", s.name)] + ([("staged", s.history_table)] if s.load_mode == "cdc" else [])]
     if keys:
         runs.append(("unpartitioned datasets", keys, {}))
+    days: list[str] = []
     for spec in (s for s in specs if s.daily_partitioned):
         last = partitions_for(spec).get_last_partition_key()
         batches = landed_batches(lake, spec, last) if last else []
@@ -47,7 +48,14 @@ def plan_runs(lake: Lake, specs: list[DatasetSpec]) -> list[tuple[str, list[dg.A
             keys = [dg.AssetKey(["raw", spec.domain, spec.name]), dg.AssetKey(["staged", spec.domain, spec.name])]
             runs.append((f"{spec.key} {batches[0]}..{batches[-1]}", keys,
                          {RANGE_START: batches[0], RANGE_END: batches[-1]}))
-    runs.append(("curated layer (dbt build)", sorted(curated_dbt_models.keys), {}))
+            days += batches
+    graph = defs.resolve_asset_graph()
+    downstream = sorted(k for k in graph.materializable_asset_keys if k.path[0] not in ("raw", "staged"))
+    runs.append(("curated layer (Python + dbt build)", [k for k in downstream if not graph.get(k).is_partitioned], {}))
+    daily = [k for k in downstream if graph.get(k).is_partitioned]
+    if daily and days:
+        runs.append((f"daily dbt models {min(days)}..{max(days)} (one dbt build)", daily,
+                     {RANGE_START: min(days), RANGE_END: max(days)}))
     return runs
 
 
@@ -58,12 +66,16 @@ def main(argv: list[str] | None = None) -> int:
     lake, specs, defs = Lake(), load_specs(DATASETS), build_definitions()
     instance = dg.DagsterInstance.get()
     failed_runs, check_rows = [], []
-    for label, keys, tags in plan_runs(lake, specs):
+    log_dir = Path(LakeSettings.from_env().home) / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    for number, (label, keys, tags) in enumerate(plan_runs(lake, specs, defs), 1):
         t0 = time.perf_counter()
         print(f"▶ {label}: {len(keys)} asset(s)", flush=True)
         job = defs.resolve_implicit_job_def_def_for_assets(keys)
-        result = job.execute_in_process(instance=instance, asset_selection=keys, tags=tags, raise_on_error=False,
-                                        run_config=QUIET)
+        log = log_dir / f"make-run-{number}.log"
+        with log.open("w") as out, contextlib.redirect_stdout(out):  # dbt's own output: kept, not shown
+            result = job.execute_in_process(instance=instance, asset_selection=keys, tags=tags,
+                                            raise_on_error=False, run_config=QUIET)
         for evaluation in result.get_asset_check_evaluations():
             check_rows.append((evaluation.asset_key.to_user_string(), evaluation.check_name, evaluation.passed,
                                evaluation.severity.value, (evaluation.description or "")[:80]))
@@ -71,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {status} in {time.perf_counter() - t0:.1f}s (run {result.run_id[:8]})", flush=True)
         if not result.success:
             failed_runs.append(label)
+            print(f"  dbt and other tool output: {log}", flush=True)
     blocking_failures = print_summary(lake, specs, check_rows)
     print(f"\nmaterialised everything in {time.perf_counter() - started:.1f}s")
     if failed_runs or blocking_failures:
@@ -86,7 +99,8 @@ def print_summary(lake: Lake, specs: list[DatasetSpec], check_rows: list[tuple])
     _print_table(["zone", "table", "rows"], [[t.zone, f"{t.namespace}.{t.name}", f"{t.rows:,}"] for t in lake.tables()])
     print("\n== checks ==")
     _print_table(["asset", "check", "result", "severity", "detail"],
-                 [[a, c, "passed" if p else "FAILED", s, d] for a, c, p, s, d in sorted(check_rows)])
+                 [[a, c if len(c) <= 60 else c[:59] + "…", "passed" if p else "FAILED", s, d]
+                  for a, c, p, s, d in sorted(check_rows)])
     passed = sum(1 for r in check_rows if r[2])
     print(f"{passed} passed, {len(check_rows) - passed} failed")
     files = read_system(lake, "quarantine", "files", AlwaysTrue())

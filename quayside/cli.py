@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 import time
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 from quayside.lake import Lake
@@ -56,8 +56,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     summary = generate(Lake(), scale=args.scale, seed=args.seed, days=args.days, end=date.fromisoformat(args.end))
-    print(f"demo data written to landing in {time.perf_counter() - started:.1f}s")
-    print(summary)
+    print(f"demo data: {summary.total_files} files written to landing in {time.perf_counter() - started:.1f}s")
+    _print_table(["dataset", "files", "rows delivered", "rows expected in staged"],
+                 [[key, str(len(files)), f"{summary.rows.get(key, 0):,}", f"{summary.current_rows.get(key, 0):,}"]
+                  for key, files in summary.files.items()])
+    print(f"{len(summary.bad_files)} deliberately bad or awkward files:")
+    for bad in summary.bad_files:
+        print(f"  {bad.key}: {bad.problem} -> {bad.expected}")
     return 0
 
 
@@ -84,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("demo", help="write the demo tenant's source files into landing")
     p.add_argument("--scale", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--days", type=int, default=7)
-    p.add_argument("--end", default="2026-11-01")
+    p.add_argument("--days", type=int, default=28)
+    p.add_argument("--end", default=(date.today() - timedelta(days=1)).isoformat(), help="last day (default yesterday)")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("dbt-sources", help="regenerate the dbt sources from the dataset specs")
     p.add_argument("--datasets", default=str(Path(__file__).resolve().parent.parent / "lake_assets" / "datasets"))

@@ -121,6 +121,9 @@ def replace_rows(lake: Lake, namespace: str, name: str, rows: pa.Table | list[di
     """Replace the rows matching `where` with `rows` in one commit (idempotent re-runs)."""
     schema = SYSTEM_NAMESPACE_TABLES[(namespace, name)]
     data = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=schema)
+    if data.num_rows == 0 and not system_table(lake, namespace, name).scan(
+            row_filter=where, selected_fields=(schema.names[0],)).to_arrow().num_rows:
+        return  # nothing to replace: a commit would only add an empty snapshot
 
     def commit() -> None:
         system_table(lake, namespace, name).overwrite(data.cast(schema), overwrite_filter=where)

@@ -51,7 +51,10 @@ def build_resources() -> dict[str, object]:
     from dagster_dbt import DbtCliResource
 
     from lake_assets.curated import DBT_PROJECT
+    from resources.lake_io import LakeIOManager
 
     # dbt's target follows QUAYSIDE_PROFILE too (dbt_project/profiles.yml): DuckDB locally, Athena on aws.
     dbt_executable = str(Path(sys.executable).parent / "dbt")  # the venv's dbt, whatever PATH says
-    return {"lake": lake_resource(), "dbt": DbtCliResource(project_dir=DBT_PROJECT, dbt_executable=dbt_executable)}
+    lake = lake_resource()
+    return {"lake": lake, "lake_io": LakeIOManager(lake=lake),
+            "dbt": DbtCliResource(project_dir=DBT_PROJECT, dbt_executable=dbt_executable)}

@@ -69,3 +69,47 @@ def drop_all_tables(lake: Lake) -> None:
 @pytest.fixture(scope="session")
 def demo_specs() -> dict[str, DatasetSpec]:
     return {s.key: s for s in load_specs(DATASETS)}
+
+
+DBT_DIR = Path(__file__).resolve().parent.parent / "dbt_project"
+
+
+def run_dbt(*args: str, env: dict[str, str], project: Path = DBT_DIR, check: bool = True):
+    """The venv's dbt CLI on `project` (its profiles.yml too); with `check`, a failure fails the test."""
+    import subprocess
+    import sys
+
+    dbt = str(Path(sys.executable).parent / "dbt")
+    result = subprocess.run([dbt, *args, "--project-dir", str(project), "--profiles-dir", str(project)],
+                            capture_output=True, text=True, env=env, cwd=project, timeout=600)
+    if check:
+        assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    return result
+
+
+@pytest.fixture(scope="session")
+def built_lake(tmp_path_factory):
+    """The 7-day demo staged, the Python pre-processing step run, then `dbt build` on the local target."""
+    from datetime import date
+
+    import pyarrow as pa
+
+    from quayside.demo import generate
+    from quayside.ingest import land, stage
+    from quayside.profiles import defendant_profiles
+    from quayside.publish import publish
+
+    home = tmp_path_factory.mktemp("dbt-lake")
+    lake = Lake(LakeSettings(home=str(home)))  # also makes dbt-duckdb's folder
+    generate(lake, end=date(2026, 11, 1))
+    for spec in load_specs(DATASETS):
+        landed = land(lake, spec)
+        for day in landed.batch_dates if spec.daily_partitioned else [None]:
+            stage(lake, spec, day)
+    staged = lake.connect()
+    profiles = defendant_profiles(staged.sql("SELECT * FROM staged_courts.defendants").df(),
+                                  staged.sql("SELECT * FROM staged_courts.cases").df())
+    publish(lake, "prepared_courts", "defendant_profiles", pa.Table.from_pandas(profiles, preserve_index=False))
+    env = os.environ | {"QUAYSIDE_HOME": str(home), "QUAYSIDE_PROFILE": "local", "PYTHONWARNINGS": "ignore"}
+    run_dbt("build", "--target-path", str(home / "target-local"), env=env)
+    return lake, env, home

@@ -15,8 +15,13 @@ from tests.conftest import drop_all_tables, make_aws_lake
 END = date(2026, 11, 1)
 
 
+@pytest.fixture
+def demo_days() -> int:
+    return 7
+
+
 @pytest.fixture(params=["local", pytest.param("aws", marks=pytest.mark.aws)])
-def demo_home(request, tmp_path, monkeypatch):
+def demo_home(request, tmp_path, monkeypatch, demo_days):
     """The demo tenant's files in landing, on the profile the environment selects (as in production)."""
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
     (tmp_path / "dagster").mkdir()
@@ -30,7 +35,7 @@ def demo_home(request, tmp_path, monkeypatch):
         monkeypatch.setenv("QUAYSIDE_PROFILE", "local")
         monkeypatch.setenv("QUAYSIDE_HOME", str(tmp_path / "quayside"))
         lake = Lake(LakeSettings(home=str(tmp_path / "quayside")))
-    summary = generate(lake, end=END)
+    summary = generate(lake, end=END, days=demo_days)
     yield lake, summary
     if request.param == "aws":
         drop_all_tables(lake)
@@ -98,6 +103,7 @@ def test_a_sensor_run_lands_its_files(demo_home):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("demo_home", ["local"], indirect=True)  # S3 + Glue: covered by the tests above
+@pytest.mark.parametrize("demo_days", [21])  # three weeks: enough history for the population forecast
 def test_make_run_materialises_the_demo(demo_home):
     from lake_assets import run
 
@@ -118,6 +124,17 @@ def test_make_run_materialises_the_demo(demo_home):
     assert count("curated_prisons.prison_population_daily") == summary.rows["prisons.population"]
     spend = con.sql("SELECT sum(total_amount) FROM curated_legal_aid.legal_aid_spend_monthly").fetchone()[0]
     assert spend == con.sql("SELECT sum(amount) FROM staged_legal_aid.payments").fetchone()[0]
+    assert count("prepared_courts.defendant_profiles") == summary.current_rows["courts.defendants"]
+    assert not {"first_name", "last_name", "date_of_birth", "postcode"} & {
+        c for (c,) in con.sql("SELECT column_name FROM (DESCRIBE prepared_courts.defendant_profiles)").fetchall()}
+    assert con.sql("SELECT sum(defendants) FROM curated_courts.court_custody_profile_monthly").fetchone()[0] == con.sql(
+        "SELECT count(*) FROM prepared_courts.defendant_profiles JOIN staged_courts.cases USING (case_id)").fetchone()[0]
+    compliance = con.sql("SELECT count(*), sum(subjects_monitored) FROM curated_monitoring.em_compliance_daily").fetchone()
+    assert compliance == con.sql("SELECT count(DISTINCT event_time::date), count(DISTINCT (subject_id, event_time::date)) "
+                                 "FROM staged_monitoring.em_events").fetchone()
+    prisons = con.sql("SELECT count(DISTINCT establishment_code) FROM staged_prisons.population").fetchone()[0]
+    assert con.sql("SELECT count(DISTINCT establishment_code), count(*) FROM curated_prisons.population_forecast"
+                   ).fetchone() == (prisons, prisons * 28)
     statuses = dict(con.sql("SELECT status, count(*) FROM raw.manifest GROUP BY 1").fetchall())
     assert statuses["duplicate"] == 1
     # Re-running changes nothing: same rows, no new raw files.

@@ -4,45 +4,10 @@ Athena SQL (transpiled back to DuckDB) gives the same rows as the local target."
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from datetime import date
-from pathlib import Path
 
-import pytest
 import sqlglot
 
-from quayside.demo import generate
-from quayside.ingest import land, stage
-from quayside.lake import Lake, LakeSettings
-from quayside.specs import load_specs
-from tests.conftest import DATASETS
-
-DBT_DIR = Path(__file__).resolve().parents[2] / "dbt_project"
-DBT = str(Path(sys.executable).parent / "dbt")
-
-
-def dbt(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    result = subprocess.run([DBT, *args, "--project-dir", str(DBT_DIR), "--profiles-dir", str(DBT_DIR)],
-                            capture_output=True, text=True, env=env, cwd=DBT_DIR, timeout=600)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    return result
-
-
-@pytest.fixture(scope="module")
-def built_lake(tmp_path_factory):
-    """The demo, staged, then `dbt build` on the local target."""
-    home = tmp_path_factory.mktemp("dbt-lake")
-    lake = Lake(LakeSettings(home=str(home)))  # also makes dbt-duckdb's folder
-    generate(lake, end=date(2026, 11, 1))
-    for spec in load_specs(DATASETS):
-        landed = land(lake, spec)
-        for day in landed.batch_dates if spec.daily_partitioned else [None]:
-            stage(lake, spec, day)
-    env = os.environ | {"QUAYSIDE_HOME": str(home), "QUAYSIDE_PROFILE": "local", "PYTHONWARNINGS": "ignore"}
-    dbt("build", "--target-path", str(home / "target-local"), env=env)
-    return lake, env, home
+from tests.conftest import run_dbt
 
 
 def test_marts_are_iceberg_tables_in_the_curated_zone(built_lake):
@@ -54,7 +19,8 @@ def test_marts_are_iceberg_tables_in_the_curated_zone(built_lake):
 def test_every_model_compiles_for_athena_and_parses_as_athena_sql(built_lake):
     _, env, home = built_lake
     target = home / "target-athena"
-    dbt("compile", "--target", "athena", "--no-populate-cache", "--no-introspect", "--target-path", str(target), env=env)
+    run_dbt("compile", "--target", "athena", "--no-populate-cache", "--no-introspect", "--target-path", str(target),
+            env=env)
     compiled = sorted((target / "compiled").rglob("*.sql"))
     models = [p for p in compiled if "/models/" in p.as_posix()]
     assert models
@@ -62,11 +28,26 @@ def test_every_model_compiles_for_athena_and_parses_as_athena_sql(built_lake):
         sqlglot.parse_one(path.read_text(), read="athena")  # raises on anything Athena would reject
 
 
+def test_on_athena_marts_are_iceberg_and_daily_models_merge_incrementally(built_lake):
+    _, env, home = built_lake
+    target = home / "target-athena"
+    if not (target / "manifest.json").exists():
+        run_dbt("compile", "--target", "athena", "--no-populate-cache", "--no-introspect", "--target-path",
+                str(target), env=env)
+    nodes = json.loads((target / "manifest.json").read_text())["nodes"].values()
+    marts = [n for n in nodes if n["resource_type"] == "model" and n["fqn"][1] == "marts"]
+    assert marts and all(n["config"]["table_type"] == "iceberg" for n in marts)
+    daily = [n for n in marts if "daily" in n["tags"]]
+    assert daily and all(n["config"]["materialized"] == "incremental" and n["config"]["incremental_strategy"] == "merge"
+                         and n["config"]["unique_key"] for n in daily)
+    assert all(n["schema"].startswith("curated_") for n in marts)
+
+
 def test_athena_sql_gives_the_same_rows_as_the_local_target(built_lake):
     lake, env, home = built_lake
     target = home / "target-athena"
     if not (target / "manifest.json").exists():
-        dbt("compile", "--target", "athena", "--no-populate-cache", "--no-introspect", "--target-path", str(target),
+        run_dbt("compile", "--target", "athena", "--no-populate-cache", "--no-introspect", "--target-path", str(target),
             env=env)
     manifest = json.loads((target / "manifest.json").read_text())
     con = lake.connect()

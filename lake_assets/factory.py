@@ -31,9 +31,10 @@ def partitions_for(spec: DatasetSpec) -> dg.DailyPartitionsDefinition | None:
     return dg.DailyPartitionsDefinition(start_date=spec.partitioning.start.isoformat())
 
 
-def batch_dates(context: dg.AssetExecutionContext) -> list[date | None]:
+def batch_dates(context: dg.AssetExecutionContext) -> list[date] | None:
+    """The run's days (one partition or a backfill range); None for an unpartitioned dataset."""
     if not context.has_partition_key_range and not context.has_partition_key:
-        return [None]
+        return None
     window = context.partition_time_window
     days = (window.end - window.start).days
     return [window.start.date() + timedelta(days=i) for i in range(days)]
@@ -72,7 +73,7 @@ def build_dataset(spec: DatasetSpec) -> dg.Definitions:
     def raw_asset(context: dg.AssetExecutionContext, config: LandingFiles, lake: LakeResource) -> dg.MaterializeResult:
         days = batch_dates(context)
         report = land(lake.lake, spec, keys=config.files or None, run_id=context.run_id,
-                      batch_dates=None if days == [None] else set(days))
+                      batch_dates=None if days is None else set(days))
         context.log.info(f"{spec.key}: {len(report.accepted)} file(s) copied to raw, "
                          f"{len(report.duplicates)} duplicate(s) skipped")
         return dg.MaterializeResult(metadata=land_metadata(report))
@@ -92,12 +93,12 @@ def build_dataset(spec: DatasetSpec) -> dg.Definitions:
     @dg.multi_asset(specs=staged_specs, name=f"staged__{spec.domain}__{spec.name}", backfill_policy=backfill,
                     partitions_def=partitions, can_subset=False)
     def staged_asset(context: dg.AssetExecutionContext, lake: LakeResource):
-        reports = [stage(lake.lake, spec, day, run_id=context.run_id) for day in batch_dates(context)]
-        for report in reports:
-            context.log.info(f"{spec.key} batch {report.batch_date or 'all'}: {report.rows_in} rows in, "
-                             f"{report.rows_staged} staged, {report.rows_quarantined} quarantined, "
-                             f"{len(report.quarantined_files)} file(s) quarantined")
-        yield dg.MaterializeResult(asset_key=staged_key, metadata=stage_metadata(spec, reports, lake))
+        days = batch_dates(context)
+        report = stage(lake.lake, spec, days, run_id=context.run_id)
+        span = f"{days[0]}..{days[-1]}" if days else "all batches"
+        context.log.info(f"{spec.key} {span}: {report.rows_in} rows in, {report.rows_staged} staged, "
+                         f"{report.rows_quarantined} quarantined, {len(report.quarantined_files)} file(s) quarantined")
+        yield dg.MaterializeResult(asset_key=staged_key, metadata=stage_metadata(spec, report, lake))
         if spec.load_mode == "cdc":
             history = lake.lake.load_table(spec.staged_namespace, spec.history_table)
             rows = history.current_snapshot().summary.get("total-records") if history and history.current_snapshot() else 0
@@ -158,36 +159,31 @@ def loads_chart(lake: LakeResource, spec: DatasetSpec) -> dg.MetadataValue | Non
     return figure_markdown(fig, "rows per batch")
 
 
-def stage_metadata(spec: DatasetSpec, reports: list[StageReport], lake: LakeResource) -> dict:
+def stage_metadata(spec: DatasetSpec, report: StageReport, lake: LakeResource) -> dict:
     table = lake.lake.load_table(spec.staged_namespace, spec.name)
     snapshot = table.current_snapshot() if table else None
-    quarantined = [q for r in reports for q in r.quarantined_files]
-    rows_in = sum(r.rows_in for r in reports)
     metadata = {
         "dagster/row_count": int(snapshot.summary.get("total-records", 0)) if snapshot else 0,
-        "rows_in": rows_in,
-        "rows_staged": sum(r.rows_staged for r in reports),
-        "rows_quarantined": sum(r.rows_quarantined for r in reports),
-        "files_read": sum(len(r.files) for r in reports),
-        "files_quarantined": len(quarantined),
-        "reconciled": all(r.reconciled for r in reports),
-        "preview": preview_markdown(next((r.preview for r in reversed(reports) if r.preview is not None), None),
-                                    masked={c.name for c in spec.columns if c.pii}),
+        "rows_in": report.rows_in,
+        "rows_staged": report.rows_staged,
+        "rows_quarantined": report.rows_quarantined,
+        "files_read": len(report.files),
+        "files_quarantined": len(report.quarantined_files),
+        "reconciled": report.reconciled,
+        "preview": preview_markdown(report.preview, masked={c.name for c in spec.columns if c.pii}),
     }
-    if quarantined:
+    if report.quarantined_files:
         metadata["quarantine"] = dg.MetadataValue.md("| file | field | reason |\n|---|---|---|\n" + "\n".join(
-            f"| {q['raw_key']} | {q['field']} | {q['reason'].replace('|', '/')} |" for q in quarantined[:50]))
-    drifted = sorted({c for r in reports for c in r.new_columns})
-    if drifted:
-        metadata["schema_drift_added_columns"] = ", ".join(drifted)
+            f"| {q['raw_key']} | {q['field']} | {q['reason'].replace('|', '/')} |" for q in report.quarantined_files[:50]))
+    if report.new_columns:
+        metadata["schema_drift_added_columns"] = ", ".join(report.new_columns)
     if snapshot:
         metadata["iceberg_snapshot_id"] = str(snapshot.snapshot_id)
     chart = loads_chart(lake, spec)
     if chart is not None:
         metadata["rows_per_batch"] = chart
-    cdc_results = [result for r in reports for result in r.cdc]
-    if cdc_results:
-        metadata["cdc_merges"] = dg.MetadataValue.json([vars(result) for result in cdc_results])
+    if report.cdc:
+        metadata["cdc_merges"] = dg.MetadataValue.json([vars(result) for result in report.cdc])
     return metadata
 
 

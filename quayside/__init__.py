@@ -11,3 +11,17 @@ def connect(views: bool = True):
     from quayside.lake import Lake
 
     return Lake().connect(views=views)
+
+
+def write(namespace: str, name: str, data) -> None:
+    """Write a pandas DataFrame or Arrow table to the lake as Iceberg table `<namespace>.<name>`,
+    replacing its rows in one commit (new columns are added). For notebooks and ML workflows:
+    `quayside.write("curated_prisons", "my_estimates", df)`.
+    """
+    import pyarrow as pa
+
+    from quayside.lake import Lake
+    from quayside.publish import publish
+
+    table = data if isinstance(data, pa.Table) else pa.Table.from_pandas(data, preserve_index=False)
+    publish(Lake(), namespace, name, table)

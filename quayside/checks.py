@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from quayside.ingest import column_checks, files_for_batch, sql_literal, staged_schema
+from quayside.ingest import column_checks, files_for_batches, sql_literal, staged_schema
 from quayside.lake import Lake
 from quayside.specs import DatasetSpec
 
@@ -75,7 +75,7 @@ def rows_reconcile(lake: Lake, spec: DatasetSpec) -> CheckOutcome:
         f"WHERE l.dataset = {dataset} AND l.rows_quarantined <> coalesce(q.n, 0)").fetchone()[0]
     bad_staged = 0
     if spec.load_mode != "cdc":  # CDC versions are de-duplicated by the merge; counted in the loads only
-        live = [f["raw_key"] for f in files_for_batch(lake, spec, None)] if not spec.daily_partitioned else None
+        live = [f["raw_key"] for f in files_for_batches(lake, spec, None)] if not spec.daily_partitioned else None
         live_filter = f"AND l.raw_key IN ({', '.join(sql_literal(k) for k in live) or 'NULL'})" if live is not None else ""
         bad_staged = con.execute(
             f"SELECT count(*) FROM {loads} l LEFT JOIN (SELECT _source_file AS raw_key, count(*) AS n FROM {staged} "

@@ -442,7 +442,7 @@ def _cdc_expressions(spec: DatasetSpec, actual: dict[str, str]) -> dict[str, str
 @dataclass
 class StageReport:
     dataset: str
-    batch_date: date | None
+    batch_dates: list[date]  # empty for an unpartitioned dataset
     files: list[str] = field(default_factory=list)
     rows_in: int = 0
     rows_staged: int = 0
@@ -463,25 +463,29 @@ def accepted_files(lake: Lake, spec: DatasetSpec) -> list[dict]:
     return sorted(rows.to_pylist(), key=lambda r: (r["batch_date"], r["raw_key"]))
 
 
-def files_for_batch(lake: Lake, spec: DatasetSpec, batch_date: date | None) -> list[dict]:
-    """Which raw files make up a staged batch: the day's files, the latest snapshot, or all."""
+def files_for_batches(lake: Lake, spec: DatasetSpec, batch_dates: list[date] | None) -> list[dict]:
+    """Which raw files make up staged batches: the days' files, the latest snapshot, or all."""
     files = accepted_files(lake, spec)
     if spec.daily_partitioned:
-        if batch_date is None:
-            raise ValueError(f"{spec.key} is partitioned by day: give a batch date")
-        return [f for f in files if f["batch_date"] == batch_date]
+        if not batch_dates:
+            raise ValueError(f"{spec.key} is partitioned by day: give batch dates")
+        return [f for f in files if f["batch_date"] in set(batch_dates)]
     if spec.load_mode == "snapshot" and files:
         latest = max(f["batch_date"] for f in files)
         return [f for f in files if f["batch_date"] == latest]
     return files
 
 
-def stage(lake: Lake, spec: DatasetSpec, batch_date: date | None = None, run_id: str = "") -> StageReport:
-    """Build the staged table (or one daily batch of it) from the raw zone; idempotent."""
+def stage(lake: Lake, spec: DatasetSpec, batches: date | list[date] | None = None, run_id: str = "") -> StageReport:
+    """Build the staged table (or some daily batches of it) from the raw zone; idempotent.
+
+    A range of days (a backfill) is read in one pass and replaced in one commit per table.
+    """
     if spec.load_mode == "cdc":
         return stage_cdc(lake, spec, run_id)
-    files = files_for_batch(lake, spec, batch_date)
-    report = StageReport(spec.key, batch_date, [f["raw_key"] for f in files])
+    days = [batches] if isinstance(batches, date) else sorted(batches or [])
+    files = files_for_batches(lake, spec, days)
+    report = StageReport(spec.key, days, [f["raw_key"] for f in files])
     if not files:
         _staged_table(lake, spec)  # exists (empty) so that checks and queries see the dataset
         return report  # staged rows only ever come from raw files, so a batch without any has none
@@ -496,7 +500,7 @@ def stage(lake: Lake, spec: DatasetSpec, batch_date: date | None = None, run_id:
             update.union_by_name(staged.schema)
         table = lake.load_table(spec.staged_namespace, spec.name)
     data = conform(staged, table.schema().as_arrow())
-    where = EqualTo("_batch_date", batch_date) if spec.daily_partitioned else None
+    where = In("_batch_date", days) if spec.daily_partitioned else None
     retry_commit(lambda: lake.load_table(spec.staged_namespace, spec.name).overwrite(
         data, **({"overwrite_filter": where} if where is not None else {})))
     rejected = [row | {"raw_key": f["raw_key"], "batch_date": f["batch_date"]} for r, f in reads for row in r.rejected]
@@ -517,7 +521,7 @@ def stage_cdc(lake: Lake, spec: DatasetSpec, run_id: str = "") -> StageReport:
 
     applied = set(read_system(lake, "staged", "loads", EqualTo("dataset", spec.key))["raw_key"].to_pylist())
     files = [f for f in accepted_files(lake, spec) if f["raw_key"] not in applied]
-    report = StageReport(spec.key, None, [f["raw_key"] for f in files])
+    report = StageReport(spec.key, [], [f["raw_key"] for f in files])
     reads = _read_files(lake, spec, files, report, run_id)
     schema = pa.schema(list(staged_schema(spec)) + list(CDC_COLUMNS))
     is_full_load = [is_full_load_file(spec, f["raw_key"]) for _, f in reads]

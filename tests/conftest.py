@@ -104,8 +104,7 @@ def built_lake(tmp_path_factory):
     generate(lake, end=date(2026, 11, 1))
     for spec in load_specs(DATASETS):
         landed = land(lake, spec)
-        for day in landed.batch_dates if spec.daily_partitioned else [None]:
-            stage(lake, spec, day)
+        stage(lake, spec, landed.batch_dates if spec.daily_partitioned else None)
     staged = lake.connect()
     profiles = defendant_profiles(staged.sql("SELECT * FROM staged_courts.defendants").df(),
                                   staged.sql("SELECT * FROM staged_courts.cases").df())

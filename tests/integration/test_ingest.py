@@ -199,6 +199,24 @@ def test_rerun_is_idempotent(lake):
     assert checks.rows_reconcile(lake, spec).passed and checks.primary_key_unique(lake, spec).passed
 
 
+def test_a_backfill_range_is_staged_in_one_commit_and_replaces_only_its_days(lake):
+    spec = population_spec()
+    for day in (1, 2, 3):
+        deliver(lake, f"pop_2026-11-0{day}.csv", HEADER + f"2026-11-0{day},AAA,{day},A\n".encode())
+    ingest.land(lake, spec, run_id="test")
+    ingest.stage(lake, spec, date(2026, 11, 1))
+    staged = lambda: lake.load_table(spec.staged_namespace, spec.name)  # noqa: E731
+    before = len(staged().metadata.snapshots)
+    report = ingest.stage(lake, spec, [date(2026, 11, 2), date(2026, 11, 3)])
+    assert report.batch_dates == [date(2026, 11, 2), date(2026, 11, 3)] and report.rows_staged == 2
+    assert len(staged().metadata.snapshots) - before <= 2  # one overwrite: a delete and an append snapshot
+    assert lake.connect().sql(f"SELECT population FROM {spec.staged_namespace}.{spec.name} ORDER BY 1").fetchall() == [
+        (1,), (2,), (3,)]
+    ingest.stage(lake, spec, [date(2026, 11, 1), date(2026, 11, 2), date(2026, 11, 3)])  # re-run: same rows
+    assert checks.rows_reconcile(lake, spec).passed and checks.primary_key_unique(lake, spec).passed
+    assert lake.connect().sql(f"SELECT count(*) FROM {spec.staged_namespace}.{spec.name}").fetchone() == (3,)
+
+
 def test_duplicate_primary_key_within_a_batch_is_quarantined(lake):
     spec = population_spec()
     deliver(lake, "pop_2026-11-01.csv", HEADER + b"2026-11-01,AAA,10,A\n2026-11-01,AAA,11,A\n")

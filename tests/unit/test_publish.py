@@ -59,3 +59,14 @@ def test_new_columns_are_added_and_untyped_columns_are_refused(local_lake):
 def test_table_names_are_identifiers(local_lake, namespace, name):
     with pytest.raises(ValueError):
         publish(local_lake, namespace, name, days_table([1]))
+
+
+def test_notebooks_write_a_dataframe_back_with_quayside_write(tmp_path, monkeypatch):
+    import pandas as pd
+
+    import quayside
+
+    monkeypatch.setenv("QUAYSIDE_HOME", str(tmp_path / "lake"))
+    monkeypatch.setenv("QUAYSIDE_PROFILE", "local")
+    quayside.write("curated_test", "estimates", pd.DataFrame({"prison": ["AAA", "BBB"], "estimate": [1.5, 2.5]}))
+    assert quayside.connect().sql("SELECT sum(estimate) FROM curated_test.estimates").fetchone() == (4.0,)

@@ -40,6 +40,19 @@ class QuaysideTranslator(DagsterDbtTranslator):
         ).merge_attributes(kinds={"iceberg"} if layer == "marts" else set())
 
 
+def dbt_build(dbt: DbtCliResource, context: dg.AssetExecutionContext, *args: str):
+    """`dbt build` with each model's column types and column-level lineage attached for the UI."""
+    try:
+        yield from dbt.cli(["build", *args], context=context).stream().fetch_column_metadata()
+    finally:
+        # The column metadata is read through an in-process dbt-duckdb adapter, which keeps the
+        # database file open (keep_open): close it, or the next dbt process cannot lock the file.
+        from dbt.adapters.duckdb.connections import DuckDBConnectionManager
+
+        if DuckDBConnectionManager._ENV is not None:
+            DuckDBConnectionManager._ENV.close()
+
+
 def build_curated_assets(daily_partitions: dg.DailyPartitionsDefinition,
                          project: DbtProject = DBT_PROJECT) -> list[dg.AssetsDefinition]:
     """Two dbt asset definitions over one manifest: the models rebuilt whole, and the daily models
@@ -50,7 +63,7 @@ def build_curated_assets(daily_partitions: dg.DailyPartitionsDefinition,
     @dbt_assets(manifest=project.manifest_path, project=project, dagster_dbt_translator=translator,
                 exclude=DAILY_MODELS, name="curated_dbt_models")
     def curated_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource):
-        yield from dbt.cli(["build"], context=context).stream()
+        yield from dbt_build(dbt, context)
 
     @dbt_assets(manifest=project.manifest_path, project=project, dagster_dbt_translator=translator,
                 select=DAILY_MODELS, name="curated_daily_dbt_models", partitions_def=daily_partitions,
@@ -58,6 +71,6 @@ def build_curated_assets(daily_partitions: dg.DailyPartitionsDefinition,
     def curated_daily_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource):
         window = context.partition_time_window
         dbt_vars = {"start_date": window.start.date().isoformat(), "end_date": window.end.date().isoformat()}
-        yield from dbt.cli(["build", "--vars", json.dumps(dbt_vars)], context=context).stream()
+        yield from dbt_build(dbt, context, "--vars", json.dumps(dbt_vars))
 
     return [curated_dbt_models, curated_daily_dbt_models]

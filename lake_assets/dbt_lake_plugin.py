@@ -28,7 +28,10 @@ class Plugin(BasePlugin):
         self.connection: DuckDBPyConnection | None = None
 
     def configure_connection(self, conn: DuckDBPyConnection) -> None:
-        self.lake.attach(conn)
+        # Dagster reads column metadata through a read-only connection: the views are already there.
+        (read_only,) = conn.execute(
+            "SELECT readonly FROM duckdb_databases() WHERE database_name = current_database()").fetchone()
+        self.lake.attach(conn, views=not read_only)
         self.connection = conn
 
     def store(self, target_config: TargetConfig) -> None:

@@ -38,6 +38,9 @@ def _env(name: str, default: str) -> str | dg.EnvVar:
 
 def lake_resource() -> LakeResource:
     settings = LakeSettings.from_env()  # validates the profile early, with a clear message
+    if os.environ.get("QUAYSIDE_HOME"):
+        # dbt runs in dbt_project/: a relative home must mean the same folder there as here.
+        os.environ["QUAYSIDE_HOME"] = str(Path(settings.home).resolve())
     return LakeResource(
         profile=_env("QUAYSIDE_PROFILE", settings.profile),
         home=_env("QUAYSIDE_HOME", settings.home),

@@ -135,6 +135,12 @@ def test_make_run_materialises_the_demo(demo_home):
     prisons = con.sql("SELECT count(DISTINCT establishment_code) FROM staged_prisons.population").fetchone()[0]
     assert con.sql("SELECT count(DISTINCT establishment_code), count(*) FROM curated_prisons.population_forecast"
                    ).fetchone() == (prisons, prisons * 28)
+    # The UI shows each mart's column types and column-level lineage back to its dbt parents.
+    mart = dg.DagsterInstance.get().get_latest_materialization_event(
+        dg.AssetKey(["curated", "courts", "court_case_timeliness_monthly"])).asset_materialization.metadata
+    lineage = mart["dagster/column_lineage"].value.deps_by_column["avg_days_to_disposal"]
+    assert [(d.asset_key.path[-1], d.column_name) for d in lineage] == [("int_courts__case_durations", "days_to_disposal")]
+    assert {c.name: c.type for c in mart["dagster/column_schema"].value.columns}["cases_disposed"] == "BIGINT"
     statuses = dict(con.sql("SELECT status, count(*) FROM raw.manifest GROUP BY 1").fetchall())
     assert statuses["duplicate"] == 1
     # Re-running changes nothing: same rows, no new raw files.

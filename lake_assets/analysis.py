@@ -7,6 +7,7 @@ writes the forecast back to the curated zone as Iceberg and draws actuals agains
 import dagster as dg
 import pandas as pd
 
+from lake_assets.curated import MART_FRESHNESS
 from lake_assets.metadata import figure_markdown, new_figure
 from quayside.forecast import forecast_population
 
@@ -21,6 +22,7 @@ PLOTTED_ESTABLISHMENTS = 6
     owners=["team:prisons-data"],
     kinds={"python", "statsmodels", "iceberg"},
     automation_condition=dg.AutomationCondition.eager(),
+    freshness_policy=MART_FRESHNESS,
     description="28-day forecast of each establishment's population (damped-trend exponential smoothing) "
                 "with an 80% prediction interval.",
 )

@@ -52,3 +52,17 @@ def test_short_histories_are_skipped_with_a_typed_empty_table():
     result = forecast_population(history(MIN_HISTORY_DAYS, slope=1.0))  # + the 7 hold-out days are missing
     assert result.skipped == ["P0", "P1", "P2"] and result.table.empty and result.holdout_mape is None
     assert str(result.table["population_forecast"].dtype) == "float64"
+
+
+def test_the_dagster_pandas_type_rejects_profiles_that_break_the_contract():
+    import dagster as dg
+
+    from lake_assets.prepared import DefendantProfiles
+
+    good = pd.DataFrame({"defendant_id": ["D1", "D2"], "case_id": ["C1", "C1"], "age_band": ["18_24", "unknown"],
+                         "postcode_area": ["SW", None], "custody_status": ["bail", "summons"]})
+    assert dg.check_dagster_type(DefendantProfiles, good).success
+    bad = good.assign(defendant_id=["D1", "D1"], age_band=["18_24", "eighteen"])
+    result = dg.check_dagster_type(DefendantProfiles, bad)
+    assert not result.success
+    assert "defendant_id" in result.description or "age_band" in result.description

@@ -10,15 +10,21 @@ import dagster as dg
 from lake_assets import analysis, prepared
 from lake_assets.curated import build_curated_assets
 from lake_assets.factory import build_dataset
+from quayside.connections import LANDING, load_connections
 from quayside.specs import load_specs
 from resources import build_resources
 from sensors.alerts import alert_on_run_failure
 
 DATASETS = Path(__file__).parent / "datasets"
+CONNECTIONS = Path(__file__).parent / "connections.yaml"
 
 
-def build_definitions(datasets: Path = DATASETS) -> dg.Definitions:
+def build_definitions(datasets: Path = DATASETS, connections: Path = CONNECTIONS) -> dg.Definitions:
     specs = load_specs(datasets)
+    declared = {LANDING, *load_connections(connections)}
+    unknown = [f"{s.key}: source.connection {s.source.connection!r}" for s in specs if s.source.connection not in declared]
+    if unknown:
+        raise ValueError(f"connections not declared in {connections}: {'; '.join(unknown)}")
     per_dataset = [build_dataset(spec) for spec in specs]
     first_day = min((s.partitioning.start for s in specs if s.daily_partitioned), default=date.today())
     freshness_checks = [c for d in per_dataset for c in (d.asset_checks or []) if "freshness" in str(c.check_keys)]
@@ -30,7 +36,7 @@ def build_definitions(datasets: Path = DATASETS) -> dg.Definitions:
             default_status=dg.DefaultSensorStatus.RUNNING)] + ([dg.build_sensor_for_freshness_checks(
             freshness_checks=freshness_checks, default_status=dg.DefaultSensorStatus.RUNNING)]
             if freshness_checks else []),
-        resources=build_resources(),
+        resources=build_resources(connections),
     )
     return dg.Definitions.merge(*per_dataset, platform)
 

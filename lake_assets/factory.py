@@ -14,6 +14,7 @@ from quayside import checks
 from quayside.ingest import LandReport, StageReport, land, stage
 from quayside.specs import DatasetSpec
 from resources import LakeResource
+from resources.connections import connection_keys, source_storage
 from sensors.landing import build_landing_sensor
 
 
@@ -69,11 +70,13 @@ def build_dataset(spec: DatasetSpec) -> dg.Definitions:
     @dg.asset(key=raw_key, description=f"Immutable raw copies of the files of "
               f"{spec.key}: {spec.description}", kinds={spec.source.format},
               backfill_policy=backfill, freshness_policy=freshness,
-              metadata={"landing_location": spec.source.location, "pattern": spec.source.pattern}, **common)
-    def raw_asset(context: dg.AssetExecutionContext, config: LandingFiles, lake: LakeResource) -> dg.MaterializeResult:
+              required_resource_keys={"lake", *connection_keys(spec)},
+              metadata={"connection": spec.source.connection, "location": spec.source.location,
+                        "pattern": spec.source.pattern}, **common)
+    def raw_asset(context: dg.AssetExecutionContext, config: LandingFiles) -> dg.MaterializeResult:
         days = batch_dates(context)
-        report = land(lake.lake, spec, keys=config.files or None, run_id=context.run_id,
-                      batch_dates=None if days is None else set(days))
+        report = land(context.resources.lake.lake, spec, keys=config.files or None, run_id=context.run_id,
+                      batch_dates=None if days is None else set(days), source=source_storage(context, spec))
         context.log.info(f"{spec.key}: {len(report.accepted)} file(s) copied to raw, "
                          f"{len(report.duplicates)} duplicate(s) skipped")
         return dg.MaterializeResult(metadata=land_metadata(report))

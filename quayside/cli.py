@@ -75,6 +75,20 @@ def cmd_dbt_sources(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve_ingest(args: argparse.Namespace) -> int:
+    from quayside.push import make_server
+    from quayside.specs import load_specs
+
+    specs = load_specs(Path(args.datasets))
+    server = make_server(Lake(), specs, args.host, args.port, args.max_bytes)
+    print(f"accepting signed uploads for {len(specs)} dataset(s) on http://{args.host}:{server.server_port}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="quayside", description="Quayside data lake")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -92,6 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--days", type=int, default=28)
     p.add_argument("--end", default=(date.today() - timedelta(days=1)).isoformat(), help="last day (default yesterday)")
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("serve-ingest", help="accept signed file uploads into landing (the push path)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--max-bytes", type=int, default=1 << 30)
+    p.add_argument("--datasets", default=str(Path(__file__).resolve().parent.parent / "lake_assets" / "datasets"))
+    p.set_defaults(func=cmd_serve_ingest)
     p = sub.add_parser("dbt-sources", help="regenerate the dbt sources from the dataset specs")
     p.add_argument("--datasets", default=str(Path(__file__).resolve().parent.parent / "lake_assets" / "datasets"))
     p.set_defaults(func=cmd_dbt_sources)

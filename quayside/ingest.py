@@ -149,9 +149,10 @@ class LandReport:
         return sorted({row["batch_date"] for row in self.accepted})
 
 
-def landing_files(lake: Lake, spec: DatasetSpec, start_after: str = "") -> list:
-    """The dataset's files in landing (keys under its location whose base name matches its pattern)."""
-    return [f for f in lake.landing.list(spec.source.location, start_after)
+def landing_files(lake: Lake, spec: DatasetSpec, start_after: str = "", source: Storage | None = None) -> list:
+    """The dataset's files in landing or its connection's `source` (keys under its location whose
+    base name matches its pattern)."""
+    return [f for f in (source or lake.landing).list(spec.source.location, start_after)
             if spec.source.matches(PurePosixPath(f.key).name)]
 
 
@@ -172,10 +173,11 @@ def batch_date_of(spec: DatasetSpec, file_name: str, received: datetime) -> date
 
 
 def land(lake: Lake, spec: DatasetSpec, keys: list[str] | None = None, run_id: str = "",
-         batch_dates: set[date] | None = None) -> LandReport:
-    """Copy new landing files into raw; `keys=None` takes every matching file in landing,
-    `batch_dates` keeps only files of those daily batches."""
-    files = landing_files(lake, spec) if keys is None else [lake.landing.info(k) for k in keys]
+         batch_dates: set[date] | None = None, source: Storage | None = None) -> LandReport:
+    """Copy new files from landing (or the dataset's connection, `source`) into raw; `keys=None`
+    takes every matching file, `batch_dates` keeps only files of those daily batches."""
+    source = source or lake.landing
+    files = landing_files(lake, spec, source=source) if keys is None else [source.info(k) for k in keys]
     if batch_dates is not None:
         files = [f for f in files if f is None or batch_date_of(spec, PurePosixPath(f.key).name, f.modified) in batch_dates]
     manifest = read_system(lake, "raw", "manifest", EqualTo("dataset", spec.key))
@@ -188,7 +190,7 @@ def land(lake: Lake, spec: DatasetSpec, keys: list[str] | None = None, run_id: s
         name = PurePosixPath(info.key).name
         if not spec.source.matches(name) or not info.key.startswith(spec.source.location):
             raise IngestError(f"{spec.key}: landing file {info.key!r} does not belong to this dataset", "source.pattern")
-        sha = lake.landing.sha256(info.key)
+        sha = source.sha256(info.key)
         row = {"dataset": spec.key, "landing_key": info.key, "original_name": name, "size_bytes": info.size,
                "sha256": sha, "received_at": info.modified, "ingested_at": ingested_at,
                "batch_date": batch_date_of(spec, name, info.modified), "run_id": run_id}
@@ -197,7 +199,7 @@ def land(lake: Lake, spec: DatasetSpec, keys: list[str] | None = None, run_id: s
         if sha in known:
             report.duplicates.append(row | {"raw_key": known[sha], "status": "duplicate"})
         else:
-            row["raw_key"] = _copy_verified(lake, spec, info.key, sha, ingested_at.date())
+            row["raw_key"] = _copy_verified(lake, spec, source, info.key, sha, ingested_at.date())
             known[sha] = row["raw_key"]
             report.accepted.append(row | {"status": "accepted"})
         seen_landing.add((info.key, sha))
@@ -205,13 +207,13 @@ def land(lake: Lake, spec: DatasetSpec, keys: list[str] | None = None, run_id: s
     if rows:
         retry_commit(lambda: system_table(lake, "raw", "manifest").append(
             pa.Table.from_pylist(rows, schema=SYSTEM_NAMESPACE_TABLES[("raw", "manifest")])))
-    # Only now, with the copies verified and recorded, may landing files go.
+    # Only now, with the copies verified and recorded, may source files go.
     for row in rows:
-        _after_ingest(lake.landing, spec, row["landing_key"])
+        _after_ingest(source, spec, row["landing_key"])
     return report
 
 
-def _copy_verified(lake: Lake, spec: DatasetSpec, landing_key: str, sha: str, ingest_day: date) -> str:
+def _copy_verified(lake: Lake, spec: DatasetSpec, source: Storage, landing_key: str, sha: str, ingest_day: date) -> str:
     name = PurePosixPath(landing_key)
     folder = f"{spec.domain}/{spec.name}/ingest_date={ingest_day.isoformat()}"
     raw_key = f"{folder}/{name.name}"
@@ -220,18 +222,17 @@ def _copy_verified(lake: Lake, spec: DatasetSpec, landing_key: str, sha: str, in
         if lake.raw.sha256(raw_key) == sha:
             return raw_key  # copied by an earlier attempt that failed before recording it
         raw_key = f"{folder}/{name.stem}.{sha[:12]}{name.suffix}"  # raw is immutable: never overwrite
-    copied_sha, _ = lake.raw.copy_from(lake.landing, landing_key, raw_key)
+    copied_sha, _ = lake.raw.copy_from(source, landing_key, raw_key)
     if copied_sha != sha or lake.raw.sha256(raw_key) != sha:
         raise IngestError(f"{spec.key}: raw copy of {landing_key!r} does not match its sha256 (landing file kept)")
     return raw_key
 
 
-def _after_ingest(landing: Storage, spec: DatasetSpec, key: str) -> None:
+def _after_ingest(source: Storage, spec: DatasetSpec, key: str) -> None:
     if spec.source.after_ingest == "delete":
-        landing.delete(key)
+        source.delete(key)
     elif spec.source.after_ingest == "archive":
-        landing.copy_from(landing, key, f"_archive/{key}")
-        landing.delete(key)
+        source.move(key, f"_archive/{key}")
 
 
 # --- 2. raw → typed rows ----------------------------------------------------------------

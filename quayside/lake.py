@@ -73,6 +73,11 @@ class Storage:
         self.fs, self.root, self.uri_prefix = fs, root.rstrip("/"), uri_prefix.rstrip("/")
         self._s3, self._bucket = s3_client, bucket
 
+    @property
+    def atomic_writes(self) -> bool:
+        """Object stores show a file only once it is complete; a folder may show it half-written."""
+        return self._s3 is not None
+
     def path(self, key: str) -> str:
         check_relative_path(key, "key")
         return f"{self.root}/{key}" if key else self.root
@@ -137,13 +142,16 @@ class Storage:
     def open(self, key: str):
         return self.fs.open_input_file(self.path(key))
 
+    def open_stream(self, key: str) -> BinaryIO:
+        return self.fs.open_input_stream(self.path(key))
+
     def read_bytes(self, key: str) -> bytes:
         with self.open(key) as f:
             return f.read()
 
     def sha256(self, key: str) -> str:
         digest = hashlib.sha256()
-        with self.fs.open_input_stream(self.path(key)) as f:
+        with self.open_stream(key) as f:
             while chunk := f.read(CHUNK):
                 digest.update(chunk)
         return digest.hexdigest()
@@ -175,11 +183,42 @@ class Storage:
         return digest.hexdigest(), size
 
     def copy_from(self, other: Storage, key: str, dest_key: str) -> tuple[str, int]:
-        with other.fs.open_input_stream(other.path(key)) as src:
+        with other.open_stream(key) as src:
             return self.write(dest_key, src)
 
     def delete(self, key: str) -> None:
         self.fs.delete_file(self.path(key))
+
+    def move(self, key: str, dest_key: str) -> None:
+        target = self.path(dest_key)
+        self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+        self.fs.move(self.path(key), target)
+
+
+def local_storage(root: Path) -> Storage:
+    """A folder (a lake zone, or a mounted file share) as Storage."""
+    return Storage(pafs.LocalFileSystem(), str(root), root.as_uri())
+
+
+def s3_storage(bucket: str, prefix: str, region: str, endpoint_url: str = "",
+               credentials: dict[str, str] | None = None) -> Storage:
+    """`s3://bucket/prefix` as Storage; `credentials` (access_key, secret_key, session_token) for
+    another account's bucket, else the standard AWS chain."""
+    import boto3
+
+    creds = credentials or {}
+    client = boto3.client("s3", region_name=region, endpoint_url=endpoint_url or None,
+                          aws_access_key_id=creds.get("access_key"), aws_secret_access_key=creds.get("secret_key"),
+                          aws_session_token=creds.get("session_token"))
+    fs = pafs.S3FileSystem(
+        region=region,
+        endpoint_override=endpoint_url.split("://", 1)[1] if endpoint_url else None,
+        scheme=endpoint_url.split("://", 1)[0] if endpoint_url else "https",
+        allow_bucket_creation=False,
+        **{k: v for k, v in creds.items() if v},
+    )
+    root = f"{bucket}/{check_relative_path(prefix, 'prefix')}".rstrip("/")
+    return Storage(fs, root, f"s3://{root}", client, bucket)
 
 
 class Lake:
@@ -194,21 +233,10 @@ class Lake:
                 (home / zone).mkdir(parents=True, exist_ok=True)
             # dbt-duckdb's database and its external models' scratch files (dbt_project/profiles.yml).
             (home / "dbt" / "external").mkdir(parents=True, exist_ok=True)
-            fs = pafs.LocalFileSystem()
-            self.zones = {z: Storage(fs, str(home / z), (home / z).as_uri()) for z in ZONES}
+            self.zones = {z: local_storage(home / z) for z in ZONES}
             self.warehouse_uri = (home / "warehouse").as_uri()
         else:
-            import boto3
-
-            endpoint = s.endpoint_url or None
-            client = boto3.client("s3", region_name=s.region, endpoint_url=endpoint)
-            fs = pafs.S3FileSystem(
-                region=s.region,
-                endpoint_override=endpoint.split("://", 1)[1] if endpoint else None,
-                scheme=endpoint.split("://", 1)[0] if endpoint else "https",
-                allow_bucket_creation=False,
-            )
-            self.zones = {z: Storage(fs, f"{s.bucket}/{z}", f"s3://{s.bucket}/{z}", client, s.bucket) for z in ZONES}
+            self.zones = {z: s3_storage(s.bucket, z, s.region, s.endpoint_url) for z in ZONES}
             self.warehouse_uri = f"s3://{s.bucket}/warehouse"
         self._catalog: Catalog | None = None
 

@@ -17,7 +17,7 @@ from pathlib import PurePosixPath
 from pyiceberg.expressions import EqualTo
 
 from quayside.ingest import batch_date_of, read_system
-from quayside.lake import FileInfo, Lake
+from quayside.lake import FileInfo, Lake, Storage
 from quayside.specs import DatasetSpec
 
 
@@ -43,12 +43,15 @@ class Batch:
 
 
 def poll(lake: Lake, spec: DatasetSpec, cursor: LandingCursor, sweep_every: int = 60,
-         max_files: int = 50_000, latest_batch: date | None = None) -> tuple[list[Batch], LandingCursor, int]:
-    """New, stable files grouped into one batch per daily partition (or one batch if unpartitioned).
+         max_files: int = 50_000, latest_batch: date | None = None,
+         source: Storage | None = None) -> tuple[list[Batch], LandingCursor, int]:
+    """New, stable files in landing (or the dataset's connection, `source`) grouped into one batch
+    per daily partition (or one batch if unpartitioned).
 
     Files of a batch later than `latest_batch` (a day whose partition does not exist yet) wait.
     Returns (batches, new cursor, number of files listed this tick).
     """
+    source = source or lake.landing
     sweep = cursor.ticks % sweep_every == sweep_every - 1
     known = _known_landing_keys(lake, spec) if sweep else set()
     dispatched = set(cursor.dispatched)
@@ -57,15 +60,15 @@ def poll(lake: Lake, spec: DatasetSpec, cursor: LandingCursor, sweep_every: int 
     after, listed = cursor.after, 0
     start = "" if sweep else cursor.after
     # Pending files that sort before where listing starts (late ones a sweep found) are looked at directly.
-    earlier = [lake.landing.info(k) for k in sorted(cursor.pending) if start and k <= start]
-    for info in itertools.chain(filter(None, earlier), lake.landing.list(spec.source.location, start)):
+    earlier = [source.info(k) for k in sorted(cursor.pending) if start and k <= start]
+    for info in itertools.chain(filter(None, earlier), source.list(spec.source.location, start)):
         listed += 1
         matches = spec.source.matches(PurePosixPath(info.key).name)
         if matches and info.key not in known and info.key not in dispatched:
             # An object-store PUT is atomic; a local (or SFTP/share) file may still be growing.
             too_early = latest_batch is not None and spec.daily_partitioned and batch_date_of(
                 spec, PurePosixPath(info.key).name, info.modified) > latest_batch
-            if too_early or (lake.settings.profile == "local" and cursor.pending.get(info.key) != info.size):
+            if too_early or (not source.atomic_writes and cursor.pending.get(info.key) != info.size):
                 pending[info.key] = info.size
             elif len(ready) < max_files:
                 ready.append(info)

@@ -50,14 +50,17 @@ def lake_resource() -> LakeResource:
         glue_catalog_id=_env("QUAYSIDE_GLUE_CATALOG_ID", settings.glue_catalog_id),
     )
 
-def build_resources() -> dict[str, object]:
+def build_resources(connections: Path | None = None) -> dict[str, object]:
+    """The lake, its IO manager, dbt, and one resource per source connection in `connections`."""
     from dagster_dbt import DbtCliResource
 
     from lake_assets.curated import DBT_PROJECT
+    from resources.connections import connection_resources
     from resources.lake_io import LakeIOManager
 
     # dbt's target follows QUAYSIDE_PROFILE too (dbt_project/profiles.yml): DuckDB locally, Athena on aws.
     dbt_executable = str(Path(sys.executable).parent / "dbt")  # the venv's dbt, whatever PATH says
     lake = lake_resource()
     return {"lake": lake, "lake_io": LakeIOManager(lake=lake),
-            "dbt": DbtCliResource(project_dir=DBT_PROJECT, dbt_executable=dbt_executable)}
+            "dbt": DbtCliResource(project_dir=DBT_PROJECT, dbt_executable=dbt_executable),
+            **(connection_resources(connections) if connections else {})}

@@ -1,4 +1,5 @@
-"""Landing sensors: one per dataset, a persisted cursor, one run per dataset and daily batch."""
+"""Landing sensors: one per dataset, watching landing or its source connection, with a persisted
+cursor; one run per dataset and daily batch."""
 
 
 import hashlib
@@ -8,7 +9,7 @@ import dagster as dg
 
 from quayside.specs import DatasetSpec
 from quayside.watch import LandingCursor, poll
-from resources import LakeResource
+from resources.connections import connection_keys, source_storage
 
 
 def raw_op_name(spec: DatasetSpec) -> str:
@@ -19,17 +20,19 @@ def build_landing_sensor(spec: DatasetSpec, targets: list[dg.AssetKey],
                          partitions: dg.DailyPartitionsDefinition | None) -> dg.SensorDefinition:
     @dg.sensor(
         name=f"{spec.domain}__{spec.name}__landing",
-        description=f"Watches landing/{spec.source.location} for files matching {spec.source.pattern}",
+        description=f"Watches {spec.source.connection}:{spec.source.location} for files matching {spec.source.pattern}",
         asset_selection=targets,
+        required_resource_keys={"lake", *connection_keys(spec)},
         minimum_interval_seconds=30,
         default_status=dg.DefaultSensorStatus.RUNNING,
     )
-    def landing_sensor(context: dg.SensorEvaluationContext, lake: LakeResource):
+    def landing_sensor(context: dg.SensorEvaluationContext):
         latest = None
         if partitions is not None:
             last_key = partitions.get_last_partition_key()
             latest = date.fromisoformat(last_key) if last_key else date.min
-        batches, cursor, listed = poll(lake.lake, spec, LandingCursor.parse(context.cursor), latest_batch=latest)
+        batches, cursor, listed = poll(context.resources.lake.lake, spec, LandingCursor.parse(context.cursor), latest_batch=latest,
+                                       source=source_storage(context, spec))
         requests = []
         for batch in batches:
             digest = hashlib.sha256("\n".join(batch.keys).encode()).hexdigest()[:16]

@@ -298,3 +298,36 @@ def test_azure_blob_container_lands_and_deletes_after_verified_copy(tmp_path, mo
     assert not any(name.startswith("outbound/prisons/population/prison_population_") for name in left)
     for result in results:  # the connection string (with the account key) never reaches the event log
         assert not any(DEV_ACCOUNT_KEY in str(e) for e in instance.all_logs(result.run_id))
+
+
+def test_unreachable_sftp_server_is_a_clear_error(sftp_server):
+    from quayside.connections import open_connection
+    from quayside.sftp import SftpError
+
+    settings, _, _ = sftp_server
+    closed = settings | {"port": free_port()}  # nothing listens there
+    with pytest.raises(SftpError, match=r"sftp://.*@127\.0\.0\.1:\d+: cannot connect"):
+        open_connection(parse_connection("supplier", closed)).info("anything.csv")
+
+
+@pytest.mark.aws
+def test_a_file_that_vanishes_between_listing_and_copy_is_skipped(tmp_path, moto_endpoint, lake_env, demo_files):
+    from quayside import ingest
+    from quayside.connections import open_connection
+    from quayside.specs import load_spec
+
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="eu-west-2")
+    s3.create_bucket(Bucket="vanishing", CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
+    keys = sorted(k for k in demo_files if k.startswith("prisons/population/prison_population_"))[:2]
+    for key in keys:
+        s3.put_object(Bucket="vanishing", Key=key, Body=demo_files[key])
+    source = open_connection(parse_connection("supplier", {"type": "s3", "bucket": "vanishing",
+                                                           "endpoint_url": moto_endpoint}))
+    datasets, _ = project(tmp_path, {"type": "s3", "bucket": "vanishing"}, after_ingest="keep")
+    spec = load_spec(datasets / "prisons" / "population.yaml")
+    listed = [f.key for f in ingest.landing_files(lake_env, spec, source=source)]
+    assert listed == keys
+    s3.delete_object(Bucket="vanishing", Key=keys[0])  # gone before the run copies it
+    report = ingest.land(lake_env, spec, keys=listed, source=source)
+    assert [r["landing_key"] for r in report.accepted] == [keys[1]]
+    assert [f.key for f in lake_env.raw.list("prisons/population/")][0].endswith(keys[1].rsplit("/", 1)[1])

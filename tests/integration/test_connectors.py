@@ -331,3 +331,18 @@ def test_a_file_that_vanishes_between_listing_and_copy_is_skipped(tmp_path, moto
     report = ingest.land(lake_env, spec, keys=listed, source=source)
     assert [r["landing_key"] for r in report.accepted] == [keys[1]]
     assert [f.key for f in lake_env.raw.list("prisons/population/")][0].endswith(keys[1].rsplit("/", 1)[1])
+
+
+def test_odd_remote_names_are_never_followed(sftp_server):
+    from quayside.connections import open_connection
+
+    settings, data, _ = sftp_server
+    folder = data / "odd"
+    folder.mkdir(exist_ok=True)
+    (folder / "..\\..\\escape.csv").write_bytes(b"x\n")  # a name a Windows-minded server might send
+    (folder / ".quayside-tmp-123").write_bytes(b"x\n")
+    (folder / "good.csv").write_bytes(b"x\n")
+    storage = open_connection(parse_connection("supplier", settings))
+    assert [f.key for f in storage.list("odd/")] == ["odd/good.csv"]
+    with pytest.raises(ValueError):
+        storage.info("../outside.csv")

@@ -17,6 +17,7 @@ import io
 import json
 import re
 import time
+import uuid
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -190,19 +191,26 @@ def land(lake: Lake, spec: DatasetSpec, keys: list[str] | None = None, run_id: s
         name = PurePosixPath(info.key).name
         if not spec.source.matches(name) or not info.key.startswith(spec.source.location):
             raise IngestError(f"{spec.key}: landing file {info.key!r} does not belong to this dataset", "source.pattern")
-        sha = source.sha256(info.key)
-        row = {"dataset": spec.key, "landing_key": info.key, "original_name": name, "size_bytes": info.size,
-               "sha256": sha, "received_at": info.modified, "ingested_at": ingested_at,
-               "batch_date": batch_date_of(spec, name, info.modified), "run_id": run_id}
-        if (info.key, sha) in seen_landing:
-            continue  # this very file was ingested before (re-run): nothing to do
-        if sha in known:
-            report.duplicates.append(row | {"raw_key": known[sha], "status": "duplicate"})
-        else:
-            row["raw_key"] = _copy_verified(lake, spec, source, info.key, sha, ingested_at.date())
-            known[sha] = row["raw_key"]
-            report.accepted.append(row | {"status": "accepted"})
-        seen_landing.add((info.key, sha))
+        # One read of the source (a remote server's file is fetched once): copy into a scratch
+        # key in raw while hashing, then either place it or drop it as already known.
+        scratch = f"_incoming/{uuid.uuid4().hex}"
+        sha, _ = lake.raw.copy_from(source, info.key, scratch)
+        try:
+            row = {"dataset": spec.key, "landing_key": info.key, "original_name": name, "size_bytes": info.size,
+                   "sha256": sha, "received_at": info.modified, "ingested_at": ingested_at,
+                   "batch_date": batch_date_of(spec, name, info.modified), "run_id": run_id}
+            if (info.key, sha) in seen_landing:
+                continue  # this very file was ingested before (re-run): nothing to do
+            if sha in known:
+                report.duplicates.append(row | {"raw_key": known[sha], "status": "duplicate"})
+            else:
+                row["raw_key"] = _place_verified(lake, spec, scratch, info.key, sha, ingested_at.date())
+                known[sha] = row["raw_key"]
+                report.accepted.append(row | {"status": "accepted"})
+            seen_landing.add((info.key, sha))
+        finally:
+            if lake.raw.info(scratch) is not None:
+                lake.raw.delete(scratch)
     rows = report.accepted + report.duplicates
     if rows:
         retry_commit(lambda: system_table(lake, "raw", "manifest").append(
@@ -213,18 +221,18 @@ def land(lake: Lake, spec: DatasetSpec, keys: list[str] | None = None, run_id: s
     return report
 
 
-def _copy_verified(lake: Lake, spec: DatasetSpec, source: Storage, landing_key: str, sha: str, ingest_day: date) -> str:
+def _place_verified(lake: Lake, spec: DatasetSpec, scratch: str, landing_key: str, sha: str, ingest_day: date) -> str:
+    """Move a scratch copy to its raw key (never overwriting) and check the placed bytes."""
     name = PurePosixPath(landing_key)
     folder = f"{spec.domain}/{spec.name}/ingest_date={ingest_day.isoformat()}"
     raw_key = f"{folder}/{name.name}"
-    existing = lake.raw.info(raw_key)
-    if existing is not None:
+    if lake.raw.info(raw_key) is not None:
         if lake.raw.sha256(raw_key) == sha:
-            return raw_key  # copied by an earlier attempt that failed before recording it
+            return raw_key  # placed by an earlier attempt that failed before recording it
         raw_key = f"{folder}/{name.stem}.{sha[:12]}{name.suffix}"  # raw is immutable: never overwrite
-    copied_sha, _ = lake.raw.copy_from(source, landing_key, raw_key)
-    if copied_sha != sha or lake.raw.sha256(raw_key) != sha:
-        raise IngestError(f"{spec.key}: raw copy of {landing_key!r} does not match its sha256 (landing file kept)")
+    lake.raw.move(scratch, raw_key)
+    if lake.raw.sha256(raw_key) != sha:
+        raise IngestError(f"{spec.key}: raw copy of {landing_key!r} does not match its sha256 (source file kept)")
     return raw_key
 
 

@@ -10,9 +10,10 @@ import dagster as dg
 from lake_assets import analysis, prepared
 from lake_assets.curated import build_curated_assets
 from lake_assets.factory import build_dataset
-from quayside.connections import LANDING, load_connections
+from quayside.connections import LANDING
 from quayside.specs import load_specs
 from resources import build_resources
+from resources.connections import connection_resources
 from sensors.alerts import alert_on_run_failure
 
 DATASETS = Path(__file__).parent / "datasets"
@@ -21,7 +22,8 @@ CONNECTIONS = Path(__file__).parent / "connections.yaml"
 
 def build_definitions(datasets: Path = DATASETS, connections: Path = CONNECTIONS) -> dg.Definitions:
     specs = load_specs(datasets)
-    declared = {LANDING, *load_connections(connections)}
+    sources = connection_resources(connections)
+    declared = {LANDING, *sources}
     unknown = [f"{s.key}: source.connection {s.source.connection!r}" for s in specs if s.source.connection not in declared]
     if unknown:
         raise ValueError(f"connections not declared in {connections}: {'; '.join(unknown)}")
@@ -36,7 +38,7 @@ def build_definitions(datasets: Path = DATASETS, connections: Path = CONNECTIONS
             default_status=dg.DefaultSensorStatus.RUNNING)] + ([dg.build_sensor_for_freshness_checks(
             freshness_checks=freshness_checks, default_status=dg.DefaultSensorStatus.RUNNING)]
             if freshness_checks else []),
-        resources=build_resources(connections),
+        resources=build_resources(sources),
     )
     return dg.Definitions.merge(*per_dataset, platform)
 

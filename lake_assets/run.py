@@ -1,8 +1,9 @@
 """Materialise every dataset through Dagster and print a summary (what `make run` calls).
 
 Unpartitioned datasets run together in one run; each daily-partitioned dataset runs its whole
-range of landed batches as one single-run backfill; then the Python assets and one `dbt build` make the
-curated layer, and the daily dbt models are built for the whole range in one more `dbt build`. Exits non-zero if a run or a blocking check failed.
+range of landed batches as one single-run backfill; then the Python assets and one `dbt build`
+make the curated layer, and one more `dbt build` makes the daily dbt models for the whole range.
+Exits non-zero if a run or a blocking check failed.
 """
 
 import argparse

@@ -195,6 +195,7 @@ def land(lake: Lake, spec: DatasetSpec, keys: list[str] | None = None, run_id: s
         # key in raw while hashing, then either place it or drop it as already known.
         scratch = f"_incoming/{uuid.uuid4().hex}"
         sha, _ = lake.raw.copy_from(source, info.key, scratch)
+        consumed = False
         try:
             row = {"dataset": spec.key, "landing_key": info.key, "original_name": name, "size_bytes": info.size,
                    "sha256": sha, "received_at": info.modified, "ingested_at": ingested_at,
@@ -204,12 +205,12 @@ def land(lake: Lake, spec: DatasetSpec, keys: list[str] | None = None, run_id: s
             if sha in known:
                 report.duplicates.append(row | {"raw_key": known[sha], "status": "duplicate"})
             else:
-                row["raw_key"] = _place_verified(lake, spec, scratch, info.key, sha, ingested_at.date())
+                row["raw_key"], consumed = _place_verified(lake, spec, scratch, info.key, sha, ingested_at.date()), True
                 known[sha] = row["raw_key"]
                 report.accepted.append(row | {"status": "accepted"})
             seen_landing.add((info.key, sha))
         finally:
-            if lake.raw.info(scratch) is not None:
+            if not consumed:
                 lake.raw.delete(scratch)
     rows = report.accepted + report.duplicates
     if rows:
@@ -222,12 +223,14 @@ def land(lake: Lake, spec: DatasetSpec, keys: list[str] | None = None, run_id: s
 
 
 def _place_verified(lake: Lake, spec: DatasetSpec, scratch: str, landing_key: str, sha: str, ingest_day: date) -> str:
-    """Move a scratch copy to its raw key (never overwriting) and check the placed bytes."""
+    """Move a scratch copy to its raw key (never overwriting) and check the placed bytes; the
+    scratch copy is gone afterwards either way."""
     name = PurePosixPath(landing_key)
     folder = f"{spec.domain}/{spec.name}/ingest_date={ingest_day.isoformat()}"
     raw_key = f"{folder}/{name.name}"
     if lake.raw.info(raw_key) is not None:
         if lake.raw.sha256(raw_key) == sha:
+            lake.raw.delete(scratch)
             return raw_key  # placed by an earlier attempt that failed before recording it
         raw_key = f"{folder}/{name.stem}.{sha[:12]}{name.suffix}"  # raw is immutable: never overwrite
     lake.raw.move(scratch, raw_key)
@@ -478,7 +481,8 @@ def files_for_batches(lake: Lake, spec: DatasetSpec, batch_dates: list[date] | N
     if spec.daily_partitioned:
         if not batch_dates:
             raise ValueError(f"{spec.key} is partitioned by day: give batch dates")
-        return [f for f in files if f["batch_date"] in set(batch_dates)]
+        wanted = set(batch_dates)
+        return [f for f in files if f["batch_date"] in wanted]
     if spec.load_mode == "snapshot" and files:
         latest = max(f["batch_date"] for f in files)
         return [f for f in files if f["batch_date"] == latest]

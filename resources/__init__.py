@@ -50,12 +50,11 @@ def lake_resource() -> LakeResource:
         glue_catalog_id=_env("QUAYSIDE_GLUE_CATALOG_ID", settings.glue_catalog_id),
     )
 
-def build_resources(connections: Path | None = None) -> dict[str, object]:
-    """The lake, its IO manager, dbt, and one resource per source connection in `connections`."""
+def build_resources(connections: dict[str, dg.ConfigurableResource] | None = None) -> dict[str, object]:
+    """The lake, its IO manager, dbt, and the source connections' resources (by name)."""
     from dagster_dbt import DbtCliResource
 
     from lake_assets.curated import DBT_PROJECT
-    from resources.connections import connection_resources
     from resources.lake_io import LakeIOManager
 
     # dbt's target follows QUAYSIDE_PROFILE too (dbt_project/profiles.yml): DuckDB locally, Athena on aws.
@@ -63,4 +62,4 @@ def build_resources(connections: Path | None = None) -> dict[str, object]:
     lake = lake_resource()
     return {"lake": lake, "lake_io": LakeIOManager(lake=lake),
             "dbt": DbtCliResource(project_dir=DBT_PROJECT, dbt_executable=dbt_executable),
-            **(connection_resources(connections) if connections else {})}
+            **(connections or {})}

@@ -31,7 +31,7 @@ run: install $(DAGSTER_HOME)/dagster.yaml
 ui: install $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
 
-# Test servers from the npm registry (sshd comes from Debian: .ci/run installs it).
+# Test servers from the npm registry (sshd and PostgreSQL come from Debian: .ci/run installs them).
 AZURITE := .servers/node_modules/.bin/azurite-blob
 $(AZURITE):
 	npm install --silent --no-audit --no-fund --prefix .servers azurite@3.35.0

@@ -10,7 +10,7 @@ import dagster as dg
 from lake_assets import analysis, prepared
 from lake_assets.curated import build_curated_assets
 from lake_assets.factory import build_dataset
-from quayside.connections import LANDING
+from quayside.connections import LANDING, source_mismatch
 from quayside.specs import load_specs
 from resources import build_resources
 from resources.connections import connection_resources
@@ -23,10 +23,13 @@ CONNECTIONS = Path(__file__).parent / "connections.yaml"
 def build_definitions(datasets: Path = DATASETS, connections: Path = CONNECTIONS) -> dg.Definitions:
     specs = load_specs(datasets)
     sources = connection_resources(connections)
-    declared = {LANDING, *sources}
-    unknown = [f"{s.key}: source.connection {s.source.connection!r}" for s in specs if s.source.connection not in declared]
+    kinds = {LANDING: LANDING} | {name: resource.type for name, resource in sources.items()}
+    unknown = [f"{s.key}: source.connection {s.source.connection!r}" for s in specs if s.source.connection not in kinds]
     if unknown:
         raise ValueError(f"connections not declared in {connections}: {'; '.join(unknown)}")
+    mismatched = [problem for s in specs if (problem := source_mismatch(s, kinds[s.source.connection]))]
+    if mismatched:
+        raise ValueError("; ".join(mismatched))
     per_dataset = [build_dataset(spec) for spec in specs]
     first_day = min((s.partitioning.start for s in specs if s.daily_partitioned), default=date.today())
     freshness_checks = [c for d in per_dataset for c in (d.asset_checks or []) if "freshness" in str(c.check_keys)]

@@ -11,18 +11,21 @@ import dagster as dg
 
 from lake_assets.metadata import figure_markdown, new_figure, preview_markdown
 from quayside import checks
+from quayside.extract import Extraction
 from quayside.ingest import LandReport, StageReport, land, stage
 from quayside.specs import DatasetSpec
 from resources import LakeResource
-from resources.connections import connection_keys, source_storage
+from resources.connections import connection_keys, open_source
+from sensors.extract import build_extract_sensor
 from sensors.landing import build_landing_sensor
 
 
-
 class LandingFiles(dg.Config):
-    """Which landing files to take; empty means every matching file of the run's batch(es)."""
+    """Which landing files to take; empty means every matching file of the run's batch(es).
+    Table and API sources extract first: incrementally, or fully with `full_load`."""
 
     files: list[str] = []
+    full_load: bool = False
 
 
 def partitions_for(spec: DatasetSpec) -> dg.DailyPartitionsDefinition | None:
@@ -75,11 +78,18 @@ def build_dataset(spec: DatasetSpec) -> dg.Definitions:
                         "pattern": spec.source.pattern}, **common)
     def raw_asset(context: dg.AssetExecutionContext, config: LandingFiles) -> dg.MaterializeResult:
         days = batch_dates(context)
-        report = land(context.resources.lake.lake, spec, keys=config.files or None, run_id=context.run_id,
-                      batch_dates=None if days is None else set(days), source=source_storage(context, spec))
+        lake, source, keys, metadata = context.resources.lake.lake, open_source(context, spec), config.files or None, {}
+        if spec.source.extracted:
+            extraction = source.extract(lake, spec, full_load=config.full_load, run_id=context.run_id)
+            context.log.info(f"{spec.key}: {'full load' if extraction.full_load else 'incremental'} extraction, "
+                             f"{extraction.rows} row(s) in {extraction.pages} page(s), {extraction.seconds:.1f} s")
+            metadata = extract_metadata(extraction)
+            source, keys = None, [extraction.landing_key] if extraction.landing_key else []
+        report = land(lake, spec, keys=keys, run_id=context.run_id,
+                      batch_dates=None if days is None else set(days), source=source)
         context.log.info(f"{spec.key}: {len(report.accepted)} file(s) copied to raw, "
                          f"{len(report.duplicates)} duplicate(s) skipped")
-        return dg.MaterializeResult(metadata=land_metadata(report))
+        return dg.MaterializeResult(metadata=metadata | land_metadata(report))
 
     staged_specs = [dg.AssetSpec(staged_key, deps=[raw_key], description=spec.description, freshness_policy=freshness,
                                  kinds={"iceberg", "duckdb"}, automation_condition=dg.AutomationCondition.eager(),
@@ -112,7 +122,9 @@ def build_dataset(spec: DatasetSpec) -> dg.Definitions:
     if partitions and spec.freshness:
         asset_checks += list(dg.build_time_partition_freshness_checks(
             assets=[staged_asset], deadline_cron=spec.freshness.deadline))
-    sensors = [build_landing_sensor(spec, [raw_key] + [s.key for s in staged_specs], partitions)]
+    targets = [raw_key] + [s.key for s in staged_specs]
+    sensors = [build_extract_sensor(spec, targets) if spec.source.extracted
+               else build_landing_sensor(spec, targets, partitions)]
     schedules = []
     if partitions:
         job = dg.define_asset_job(f"{spec.domain}__{spec.name}__daily", selection=[raw_key, staged_key],
@@ -121,6 +133,17 @@ def build_dataset(spec: DatasetSpec) -> dg.Definitions:
             job, hour_of_day=6, default_status=dg.DefaultScheduleStatus.RUNNING,
             description=f"Catch-up: (re)builds yesterday's batch of {spec.key} from whatever landed"))
     return dg.Definitions(assets=definitions, asset_checks=asset_checks, sensors=sensors, schedules=schedules)
+
+
+def extract_metadata(extraction: Extraction) -> dict:
+    return {
+        "extraction": "full load" if extraction.full_load else "incremental",
+        "rows_extracted": extraction.rows,
+        "pages": extraction.pages,
+        "extract_seconds": round(extraction.seconds, 3),
+        "source_seconds": round(extraction.source_seconds, 3),
+        "watermark": "—" if extraction.watermark is None else ", ".join(map(str, extraction.watermark)),
+    }
 
 
 def land_metadata(report: LandReport) -> dict:

@@ -1,4 +1,5 @@
-"""Where a dataset's files come from: named connections, each opened as a Storage.
+"""Where a dataset's data comes from: named connections, each opened as a Storage (files: S3,
+file share, SFTP, Azure Blob) or an Extractor (a database table, an HTTP API).
 
 A dataset's `source.connection` names one; `landing` (the lake's own landing zone, where pushed
 files and the demo arrive) needs no declaration. Connections are declared in
@@ -15,8 +16,9 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
+from quayside.extract import Extractor
 from quayside.lake import Storage, local_storage, s3_storage
-from quayside.specs import check_identifier, check_relative_path
+from quayside.specs import DatasetSpec, check_identifier, check_relative_path
 
 LANDING = "landing"
 
@@ -112,10 +114,53 @@ class AzureBlobConnection(_Connection):
         return ContainerClient(self.account_url, self.container, credential=self.credential or None)
 
 
+class DatabaseConnection(_Connection):
+    """A relational database by SQLAlchemy URL (PostgreSQL tested: postgresql+psycopg://…); the
+    password can sit apart from the URL, in the environment. Driver options such as
+    `connect_timeout=10` go in the URL's query string."""
+
+    type: Literal["database"]
+    url: str
+    password: str = ""
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            make_url(v)
+        except ArgumentError as exc:
+            raise ValueError(f"not a SQLAlchemy URL: {exc}") from None
+        return v
+
+
+class HttpApiConnection(_Connection):
+    """A JSON HTTP API: a base URL and a bearer token or an API key sent in a header."""
+
+    type: Literal["http_api"]
+    base_url: str
+    token: str = ""
+    api_key: str = ""
+    api_key_header: str = "X-API-Key"
+    timeout_seconds: float = 30.0
+    max_retries: int = 5
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"{v!r} must be an http(s) URL")
+        return v
+
+
 KINDS = {"s3": S3Connection, "fileshare": FileShareConnection, "sftp": SftpConnection,
-         "azure_blob": AzureBlobConnection}
-Connection = Annotated[S3Connection | FileShareConnection | SftpConnection | AzureBlobConnection,
-                       Field(discriminator="type")]
+         "azure_blob": AzureBlobConnection, "database": DatabaseConnection, "http_api": HttpApiConnection}
+# Kinds a dataset reads with an extraction (source.table / source.api) rather than as files.
+EXTRACT_KINDS = {"database": "table", "http_api": "api"}
+Connection = Annotated[S3Connection | FileShareConnection | SftpConnection | AzureBlobConnection
+                       | DatabaseConnection | HttpApiConnection, Field(discriminator="type")]
 _CONNECTION = TypeAdapter(Connection)
 
 
@@ -143,7 +188,28 @@ def load_connections(path: Path) -> dict[str, dict]:
     return data
 
 
-def open_connection(connection: Connection) -> Storage:
+def source_mismatch(spec: DatasetSpec, kind: str) -> str | None:
+    """Why a dataset's source cannot read from a connection of `kind`, or None if it can."""
+    needs = EXTRACT_KINDS.get(kind)
+    has = "table" if spec.source.table else "api" if spec.source.api else None
+    if needs == has:
+        return None
+    if needs:
+        return f"{spec.key}: connection {spec.source.connection!r} is a {kind}: the source needs a '{needs}' block"
+    return f"{spec.key}: connection {spec.source.connection!r} holds files ({kind}): drop the source's '{has}' block"
+
+
+def open_connection(connection: Connection) -> Storage | Extractor:
+    """A file connection as Storage; a database or API connection as an Extractor."""
+    if isinstance(connection, DatabaseConnection):
+        from quayside.database import Database
+
+        return Database(connection.url, connection.password)
+    if isinstance(connection, HttpApiConnection):
+        from quayside.http_api import HttpApi
+
+        return HttpApi(connection.base_url, connection.token, connection.api_key, connection.api_key_header,
+                       connection.timeout_seconds, connection.max_retries)
     if isinstance(connection, FileShareConnection):
         return local_storage(Path(connection.root))
     if isinstance(connection, AzureBlobConnection):

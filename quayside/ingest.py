@@ -32,7 +32,7 @@ from pyiceberg.expressions import And, BooleanExpression, EqualTo, In
 from pyiceberg.table import Table
 
 from quayside.lake import Lake, Storage
-from quayside.specs import LINEAGE_COLUMNS, IDENTIFIER, Column, DatasetSpec
+from quayside.specs import IDENTIFIER, LINEAGE_COLUMNS, Column, DatasetSpec
 
 SYSTEM_NAMESPACE_TABLES = {
     ("raw", "manifest"): pa.schema([
@@ -40,6 +40,12 @@ SYSTEM_NAMESPACE_TABLES = {
         ("raw_key", pa.string()), ("size_bytes", pa.int64()), ("sha256", pa.string()),
         ("received_at", pa.timestamp("us", tz="UTC")), ("ingested_at", pa.timestamp("us", tz="UTC")),
         ("batch_date", pa.date32()), ("status", pa.string()), ("run_id", pa.string()),
+    ]),
+    ("raw", "extracts"): pa.schema([  # one row per table/API extraction (quayside.extract)
+        ("dataset", pa.string()), ("landing_key", pa.string()), ("full_load", pa.bool_()), ("rows", pa.int64()),
+        ("pages", pa.int64()), ("bytes", pa.int64()), ("watermark", pa.string()),
+        ("started_at", pa.timestamp("us", tz="UTC")), ("seconds", pa.float64()), ("source_seconds", pa.float64()),
+        ("run_id", pa.string()),
     ]),
     ("staged", "loads"): pa.schema([
         ("dataset", pa.string()), ("raw_key", pa.string()), ("batch_date", pa.date32()),

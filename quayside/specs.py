@@ -57,13 +57,72 @@ class CsvOptions(_Model):
     null_values: list[str] = Field(default_factory=lambda: [""])
 
 
+class TableExtract(_Model):
+    """Read a table of a `database` connection: pages ordered by a key (each page one short
+    query), a full load the first time, then rows past the watermark."""
+
+    table: str = Field(description="'schema.table' or 'table'")
+    watermark: str | None = Field(None, description="column that grows when a row changes, e.g. updated_at")
+    tie_breaker: list[str] = Field(default_factory=list, description="unique key ordering rows of one watermark value; "
+                                                                     "default: the primary key")
+    page_rows: Annotated[int, Field(gt=0)] = 50_000
+
+    @field_validator("table")
+    @classmethod
+    def _table(cls, v: str) -> str:
+        parts = v.split(".")
+        if len(parts) > 2:
+            raise ValueError(f"table {v!r} must be 'schema.table' or 'table'")
+        for part in parts:
+            check_identifier(part, "table name part")
+        return v
+
+
+class ApiExtract(_Model):
+    """Pull JSON records from an `http_api` connection, page by page."""
+
+    path: str = Field(description="path under the connection's base_url, e.g. 'v1/cases'")
+    params: dict[str, str] = Field(default_factory=dict)
+    records: str = Field("", description="dotted path to the list of records in a response; '' = the response is it")
+    pagination: Literal["none", "page", "cursor", "link"] = "none"
+    page_param: str = "page"
+    page_size_param: str = ""
+    page_size: Annotated[int, Field(gt=0)] = 100
+    cursor_param: str = "cursor"
+    next_cursor: str = Field("next_cursor", description="dotted path to the next page's cursor in a response")
+    incremental_param: str = Field("", description="query parameter taking the watermark, e.g. updated_since")
+    incremental_field: str = Field("", description="record field whose largest value is the next watermark")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if "://" in v or "?" in v or "#" in v:
+            raise ValueError(f"path {v!r} must be a path under the connection's base_url (query goes in params)")
+        return check_relative_path(v.strip("/"), "path")
+
+    @model_validator(mode="after")
+    def _incremental(self) -> ApiExtract:
+        if bool(self.incremental_param) != bool(self.incremental_field):
+            raise ValueError("incremental_param and incremental_field go together")
+        return self
+
+
+# Files an extraction writes into landing: LOAD<stamp> for a full load (as AWS DMS names them),
+# <stamp>-changes for an incremental one.
+EXTRACT_PATTERN = r"(LOAD)?\d{20}(-changes)?\.{suffix}"
+
+
 class Source(_Model):
     connection: str = "landing"
-    location: str = Field(description="prefix under the connection, e.g. 'prisons/population/'")
-    pattern: str = Field(description="regex a file name must match; an optional group 'date' (YYYY-MM-DD) sets the batch date")
-    format: Literal["csv", "jsonl", "parquet"]
+    location: str = Field(description="prefix under the connection (or, for table/api sources, in landing), "
+                                      "e.g. 'prisons/population/'")
+    pattern: str = Field("", description="regex a file name must match; an optional group 'date' (YYYY-MM-DD) "
+                                         "sets the batch date")
+    format: Literal["csv", "jsonl", "parquet"] | None = None
     csv: CsvOptions = Field(default_factory=CsvOptions)
     after_ingest: Literal["keep", "delete", "archive"] = "keep"
+    table: TableExtract | None = None
+    api: ApiExtract | None = None
 
     @field_validator("connection")
     @classmethod
@@ -85,6 +144,28 @@ class Source(_Model):
         if set(compiled.groupindex) - {"date"}:
             raise ValueError("the only named group allowed is 'date'")
         return v
+
+    @model_validator(mode="after")
+    def _kind(self) -> Source:
+        if self.table and self.api:
+            raise ValueError("a source reads a table or an api, not both")
+        if self.table or self.api:
+            # An extraction writes the files itself: their names and format are Quayside's.
+            fmt = "parquet" if self.table else "jsonl"
+            if self.pattern or self.format not in (None, fmt):
+                raise ValueError(f"a {'table' if self.table else 'api'} source writes {fmt} files named by Quayside: "
+                                 "leave out pattern and format")
+            object.__setattr__(self, "format", fmt)
+            object.__setattr__(self, "pattern", EXTRACT_PATTERN.replace("{suffix}", fmt))
+            if self.connection == "landing":
+                raise ValueError("a table or api source needs a connection")
+        elif not self.pattern or not self.format:
+            raise ValueError("a file source needs a pattern and a format")
+        return self
+
+    @property
+    def extracted(self) -> bool:
+        return self.table is not None or self.api is not None
 
     def matches(self, file_name: str) -> re.Match[str] | None:
         return re.fullmatch(self.pattern, file_name)
@@ -221,6 +302,13 @@ class DatasetSpec(_Model):
                 raise ValueError(f"partitioning column {self.partitioning.column!r} is not declared in columns")
             if col.type not in ("date", "timestamp", "timestamptz"):
                 raise ValueError("partitioning column must be a date or timestamp")
+        if self.source.table:
+            extract = self.source.table
+            for col in [extract.watermark, *extract.tie_breaker]:
+                if col is not None and col not in by_name:
+                    raise ValueError(f"source.table column {col!r} is not declared in columns")
+            if not (extract.tie_breaker or self.primary_key):
+                raise ValueError("a table source pages by a unique key: give primary_key or source.table.tie_breaker")
         if self.load_mode == "cdc":
             if not self.primary_key:
                 raise ValueError("load_mode cdc needs a primary_key")

@@ -11,12 +11,13 @@ from pathlib import Path
 import dagster as dg
 
 from quayside.connections import KINDS, LANDING, load_connections, open_connection, parse_connection
+from quayside.extract import Extractor
 from quayside.lake import Storage
 from quayside.specs import DatasetSpec
 
 
 class SourceConnection(dg.ConfigurableResource):
-    """Where a dataset's files come from. Dagster config needs a fixed schema, so this holds the
+    """Where a dataset's data comes from. Dagster config needs a fixed schema, so this holds the
     settings of every kind (quayside.connections.KINDS), each one a place for a dagster.EnvVar."""
 
     type: str
@@ -38,8 +39,16 @@ class SourceConnection(dg.ConfigurableResource):
     connection_string: str = ""
     account_url: str = ""
     credential: str = ""
+    url: str = ""
+    password: str = ""
+    base_url: str = ""
+    token: str = ""
+    api_key: str = ""
+    api_key_header: str = "X-API-Key"
+    timeout_seconds: float = 30.0
+    max_retries: int = 5
 
-    def storage(self, name: str) -> Storage:
+    def open(self, name: str) -> Storage | Extractor:
         kind = KINDS.get(self.type)
         if kind is None:
             raise ValueError(f"connection {name!r}: unknown type {self.type!r}")
@@ -58,7 +67,9 @@ def connection_keys(spec: DatasetSpec) -> set[str]:
     return set() if spec.source.connection == LANDING else {spec.source.connection}
 
 
-def source_storage(context: dg.AssetExecutionContext | dg.SensorEvaluationContext, spec: DatasetSpec) -> Storage | None:
+def open_source(context: dg.AssetExecutionContext | dg.SensorEvaluationContext,
+                spec: DatasetSpec) -> Storage | Extractor | None:
+    """The dataset's connection, opened; None for the lake's own landing zone."""
     if spec.source.connection == LANDING:
         return None
-    return getattr(context.resources, spec.source.connection).storage(spec.source.connection)
+    return getattr(context.resources, spec.source.connection).open(spec.source.connection)

@@ -9,7 +9,7 @@ import dagster as dg
 
 from quayside.specs import DatasetSpec
 from quayside.watch import LandingCursor, poll
-from resources.connections import connection_keys, source_storage
+from resources.connections import connection_keys, open_source
 
 
 def raw_op_name(spec: DatasetSpec) -> str:
@@ -32,7 +32,7 @@ def build_landing_sensor(spec: DatasetSpec, targets: list[dg.AssetKey],
             last_key = partitions.get_last_partition_key()
             latest = date.fromisoformat(last_key) if last_key else date.min
         batches, cursor, listed = poll(context.resources.lake.lake, spec, LandingCursor.parse(context.cursor), latest_batch=latest,
-                                       source=source_storage(context, spec))
+                                       source=open_source(context, spec))
         requests = []
         for batch in batches:
             digest = hashlib.sha256("\n".join(batch.keys).encode()).hexdigest()[:16]

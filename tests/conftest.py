@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import uuid
 from pathlib import Path
 
 import pytest
 
+from quayside import local_servers
 from quayside.lake import Lake, LakeSettings
 from quayside.specs import DatasetSpec, load_specs
 
@@ -22,14 +22,8 @@ os.environ.pop("AWS_PROFILE", None)
 @pytest.fixture(scope="session")
 def moto_endpoint():
     """A real moto server (S3, Glue, STS) on 127.0.0.1, for the whole session."""
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    with local_servers.moto() as endpoint:
+        yield endpoint
 
 
 def make_aws_lake(endpoint: str) -> Lake:

@@ -11,33 +11,13 @@ import boto3
 import dagster as dg
 import pytest
 
+from quayside import local_servers
 from quayside.connections import load_connections, parse_connection
 from quayside.demo import generate
 from quayside.lake import Lake, LakeSettings
 from tests.conftest import DATASETS
 
 SECRET = "supplier-secret-7f3a9c"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, seconds: float = 20) -> None:
-    import socket
-    import time
-
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {seconds} s")  # moto accepts any key: the test only checks it never leaks
 
 
 @pytest.fixture
@@ -168,47 +148,9 @@ def test_a_spec_naming_an_undeclared_connection_is_refused_at_load(tmp_path):
 @pytest.fixture(scope="module")
 def sftp_server(tmp_path_factory):
     """A real sshd serving SFTP only, key authentication only, from a data folder."""
-    import getpass
-    import os
-    import subprocess
-
-    sshd = Path("/usr/sbin/sshd")
-    assert sshd.exists(), "openssh-server is not installed (.ci/run installs it)"
     home = tmp_path_factory.mktemp("sftp")
-    for name in ("host", "client"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(home / name)], check=True)
-    (home / "authorized_keys").write_text((home / "client.pub").read_text())
-    data = home / "data"
-    data.mkdir()
-    port = free_port()
-    (home / "sshd_config").write_text(f"""Port {port}
-ListenAddress 127.0.0.1
-HostKey {home / 'host'}
-PidFile {home / 'sshd.pid'}
-AuthorizedKeysFile {home / 'authorized_keys'}
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PubkeyAuthentication yes
-PermitRootLogin prohibit-password
-UsePAM yes
-StrictModes no
-AllowUsers {getpass.getuser()}
-Subsystem sftp internal-sftp
-ForceCommand internal-sftp -d {data}
-AllowTcpForwarding no
-""")
-    if os.geteuid() == 0:
-        os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege-separation directory
-    proc = subprocess.Popen([str(sshd), "-D", "-e", "-f", str(home / "sshd_config")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    wait_for_port(port)
-    known_hosts = home / "known_hosts"
-    known_hosts.write_text(f"[127.0.0.1]:{port} {(home / 'host.pub').read_text().split(' ')[0]} "
-                           f"{(home / 'host.pub').read_text().split(' ')[1]}\n")
-    yield {"type": "sftp", "host": "127.0.0.1", "port": port, "username": getpass.getuser(),
-           "known_hosts": str(known_hosts), "private_key_path": str(home / "client")}, data, home
-    proc.terminate()
-    proc.wait(timeout=5)
+    with local_servers.sshd(home) as (settings, data):
+        yield settings, data, home
 
 
 def test_sftp_drop_lands_after_stable_size_and_archives_on_the_server(tmp_path, lake_env, demo_files, sftp_server):
@@ -260,24 +202,10 @@ def test_sftp_resumes_after_a_dropped_connection(sftp_server):
 
 
 # --- Azure Blob Storage: Azurite on 127.0.0.1 -----------------------------------------------------
-AZURITE = Path(__file__).resolve().parents[2] / ".servers/node_modules/.bin/azurite-blob"
-DEV_ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-
-
 @pytest.fixture(scope="module")
 def azurite():
-    import subprocess
-
-    assert AZURITE.exists(), "Azurite is not installed (make test installs it from npm)"
-    port = free_port()
-    proc = subprocess.Popen([str(AZURITE), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
-                             "--silent", "--disableTelemetry", "--skipApiVersionCheck"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_port(port)
-    yield (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={DEV_ACCOUNT_KEY};"
-           f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;")
-    proc.terminate()
-    proc.wait(timeout=5)
+    with local_servers.azurite() as connection_string:
+        yield connection_string
 
 
 def test_azure_blob_container_lands_and_deletes_after_verified_copy(tmp_path, monkeypatch, lake_env, demo_files,
@@ -297,7 +225,7 @@ def test_azure_blob_container_lands_and_deletes_after_verified_copy(tmp_path, mo
     assert "outbound/prisons/population/readme.txt" in left
     assert not any(name.startswith("outbound/prisons/population/prison_population_") for name in left)
     for result in results:  # the connection string (with the account key) never reaches the event log
-        assert not any(DEV_ACCOUNT_KEY in str(e) for e in instance.all_logs(result.run_id))
+        assert not any(local_servers.AZURITE_ACCOUNT_KEY in str(e) for e in instance.all_logs(result.run_id))
 
 
 def test_unreachable_sftp_server_is_a_clear_error(sftp_server):
@@ -305,7 +233,7 @@ def test_unreachable_sftp_server_is_a_clear_error(sftp_server):
     from quayside.sftp import SftpError
 
     settings, _, _ = sftp_server
-    closed = settings | {"port": free_port()}  # nothing listens there
+    closed = settings | {"port": local_servers.free_port()}  # nothing listens there
     with pytest.raises(SftpError, match=r"sftp://.*@127\.0\.0\.1:\d+: cannot connect"):
         open_connection(parse_connection("supplier", closed)).info("anything.csv")
 

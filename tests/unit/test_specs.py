@@ -86,3 +86,30 @@ def test_cdc_columns_may_not_clash_with_history_columns(tmp_path):
     text = GOOD.replace("name: population, type: int", "name: op, type: int") + "load_mode: cdc\n"
     with pytest.raises(SpecError, match="clash with the SCD2 columns"):
         load_spec(write(tmp_path, text))
+
+
+TABLE_SOURCE = "source: {connection: prison_db, location: prisons/population_db/, table: {table: nomis.population, watermark: snapshot_date}}"
+
+
+def test_a_table_source_gets_quayside_named_parquet_files(tmp_path):
+    spec = load_spec(write(tmp_path, GOOD.replace(GOOD.splitlines()[5], TABLE_SOURCE)))
+    assert spec.source.extracted and spec.source.format == "parquet"
+    assert spec.source.matches("LOAD20261130112233123456.parquet") and spec.source.matches("20261130112233123456-changes.parquet")
+    assert not spec.source.matches("other.parquet")
+
+
+@pytest.mark.parametrize("source, message", [
+    ("table: {table: 'population; DROP TABLE x'}", "table name part"),
+    ("table: {table: a.b.c}", "'schema.table' or 'table'"),
+    ("table: {table: population, watermark: updated}", "source.table column 'updated' is not declared"),
+    ("table: {table: population}, pattern: '.*', format: parquet", "leave out pattern and format"),
+    ("api: {path: ../admin}", "'..'"),
+    ("api: {path: 'https://elsewhere.example/x'}", "path under the connection's base_url"),
+    ("api: {path: v1/x, incremental_param: since}", "incremental_param and incremental_field go together"),
+    ("table: {table: population}, api: {path: v1/x}", "not both"),
+])
+def test_table_and_api_sources_are_validated(tmp_path, source, message):
+    line = f"source: {{connection: upstream, location: prisons/x/, {source}}}"
+    with pytest.raises(SpecError, match="source|spec") as err:
+        load_spec(write(tmp_path, GOOD.replace(GOOD.splitlines()[5], line)))
+    assert message in str(err.value), str(err.value)

@@ -274,3 +274,55 @@ def test_odd_remote_names_are_never_followed(sftp_server):
     assert [f.key for f in storage.list("odd/")] == ["odd/good.csv"]
     with pytest.raises(ValueError):
         storage.info("../outside.csv")
+
+
+LAND_IN_A_CHILD = """
+import json, resource, sys
+from pathlib import Path
+from quayside import ingest
+from quayside.connections import open_connection, parse_connection
+from quayside.lake import Lake, LakeSettings
+from quayside.specs import load_spec
+
+settings, home, spec_path, key = json.loads(sys.argv[1])
+report = ingest.land(Lake(LakeSettings(home=home)), load_spec(Path(spec_path)), keys=[key],
+                     source=open_connection(parse_connection("supplier", settings)))
+print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "sha256": [r["sha256"] for r in report.accepted]}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["fileshare", "sftp"])
+def test_a_1_gb_file_is_copied_with_bounded_memory(tmp_path, sftp_server, kind):
+    """Peak RSS of a process landing a 1 GB file vs the same process landing a 10 MB one."""
+    import hashlib
+    import json
+    import subprocess
+    import sys
+
+    settings, data, _ = sftp_server
+    if kind == "fileshare":
+        settings = {"type": "fileshare", "root": str(data)}
+    datasets, _ = project(tmp_path, {"type": kind}, after_ingest="keep")
+    folder = data / "big" / "prisons" / "population"
+    folder.mkdir(parents=True, exist_ok=True)
+    block = hashlib.sha256(b"quayside").hexdigest().encode() * (1 << 15)  # 2 MiB, not all one byte
+    peaks = {}
+    for name, blocks in (("prison_population_2026-11-01.csv", 5), ("prison_population_2026-11-02.csv", 512)):
+        path = folder / name
+        digest = hashlib.sha256()
+        with path.open("wb") as f:
+            for _ in range(blocks):
+                f.write(block)
+                digest.update(block)
+        args = [settings | ({"root": str(data / "big")} if kind == "fileshare" else {"root": "big"}),
+                str(tmp_path / f"lake-{blocks}"), str(datasets / "prisons/population.yaml"),
+                f"prisons/population/{name}"]
+        child = subprocess.run([sys.executable, "-c", LAND_IN_A_CHILD, json.dumps(args)], capture_output=True,
+                               text=True, check=True)
+        result = json.loads(child.stdout.splitlines()[-1])
+        assert result["sha256"] == [digest.hexdigest()]  # landed whole and verified
+        peaks[blocks] = result["peak_rss_mb"]
+        path.unlink()
+    assert peaks[512] - peaks[5] < 64, peaks  # 1 GiB through the process costs < 64 MB more than 10 MiB

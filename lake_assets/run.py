@@ -50,9 +50,14 @@ def plan_runs(lake: Lake, specs: list[DatasetSpec], defs: dg.Definitions) -> lis
             runs.append((f"{spec.key} {batches[0]}..{batches[-1]}", keys,
                          {RANGE_START: batches[0], RANGE_END: batches[-1]}))
             days += batches
+    return runs + curated_runs(defs, days)
+
+
+def curated_runs(defs: dg.Definitions, days: list[str]) -> list[tuple[str, list[dg.AssetKey], dict]]:
+    """The curated layer (Python assets + one dbt build), then the daily dbt models over `days`."""
     graph = defs.resolve_asset_graph()
     downstream = sorted(k for k in graph.materializable_asset_keys if k.path[0] not in ("raw", "staged"))
-    runs.append(("curated layer (Python + dbt build)", [k for k in downstream if not graph.get(k).is_partitioned], {}))
+    runs = [("curated layer (Python + dbt build)", [k for k in downstream if not graph.get(k).is_partitioned], {})]
     daily = [k for k in downstream if graph.get(k).is_partitioned]
     if daily and days:
         runs.append((f"daily dbt models {min(days)}..{max(days)} (one dbt build)", daily,
@@ -60,37 +65,54 @@ def plan_runs(lake: Lake, specs: list[DatasetSpec], defs: dg.Definitions) -> lis
     return runs
 
 
+class Runner:
+    """Executes runs in process, one line of progress each; keeps failures and check results."""
+
+    def __init__(self, defs: dg.Definitions, log_name: str):
+        self.defs, self.instance, self.log_name = defs, dg.DagsterInstance.get(), log_name
+        self.log_dir = Path(LakeSettings.from_env().home) / "logs"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.failed: list[str] = []
+        self.checks: list[tuple] = []
+        self.count = 0
+
+    def run(self, label: str, keys: list[dg.AssetKey], tags: dict, run_config: dict | None = None) -> bool:
+        self.count += 1
+        t0 = time.perf_counter()
+        print(f"▶ {label}: {len(keys)} asset(s)", flush=True)
+        job = self.defs.resolve_implicit_job_def_def_for_assets(keys)
+        log = self.log_dir / f"{self.log_name}-{self.count}.log"
+        with log.open("w") as out, contextlib.redirect_stdout(out):  # dbt's own output: kept, not shown
+            result = job.execute_in_process(instance=self.instance, asset_selection=keys, tags=tags,
+                                            raise_on_error=False, run_config=QUIET | (run_config or {}))
+        for evaluation in result.get_asset_check_evaluations():
+            self.checks.append((evaluation.asset_key.to_user_string(), evaluation.check_name, evaluation.passed,
+                                evaluation.severity.value, (evaluation.description or "")[:80]))
+        status = "ok" if result.success else "FAILED"
+        print(f"  {status} in {time.perf_counter() - t0:.1f}s (run {result.run_id[:8]})", flush=True)
+        if not result.success:
+            self.failed.append(label)
+            print(f"  dbt and other tool output: {log}", flush=True)
+        return result.success
+
+    def finish(self, lake: Lake, specs: list[DatasetSpec], started: float) -> int:
+        blocking_failures = print_summary(lake, specs, self.checks)
+        print(f"\nmaterialised everything in {time.perf_counter() - started:.1f}s")
+        if self.failed or blocking_failures:
+            print(f"FAILED: runs {self.failed or 'none'}, blocking checks failed: {blocking_failures}", file=sys.stderr)
+            return 1
+        return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="materialise every Quayside dataset and print a summary")
     parser.parse_args(argv)
     started = time.perf_counter()
     lake, specs, defs = Lake(), load_specs(DATASETS), build_definitions()
-    instance = dg.DagsterInstance.get()
-    failed_runs, check_rows = [], []
-    log_dir = Path(LakeSettings.from_env().home) / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    for number, (label, keys, tags) in enumerate(plan_runs(lake, specs, defs), 1):
-        t0 = time.perf_counter()
-        print(f"▶ {label}: {len(keys)} asset(s)", flush=True)
-        job = defs.resolve_implicit_job_def_def_for_assets(keys)
-        log = log_dir / f"make-run-{number}.log"
-        with log.open("w") as out, contextlib.redirect_stdout(out):  # dbt's own output: kept, not shown
-            result = job.execute_in_process(instance=instance, asset_selection=keys, tags=tags,
-                                            raise_on_error=False, run_config=QUIET)
-        for evaluation in result.get_asset_check_evaluations():
-            check_rows.append((evaluation.asset_key.to_user_string(), evaluation.check_name, evaluation.passed,
-                               evaluation.severity.value, (evaluation.description or "")[:80]))
-        status = "ok" if result.success else "FAILED"
-        print(f"  {status} in {time.perf_counter() - t0:.1f}s (run {result.run_id[:8]})", flush=True)
-        if not result.success:
-            failed_runs.append(label)
-            print(f"  dbt and other tool output: {log}", flush=True)
-    blocking_failures = print_summary(lake, specs, check_rows)
-    print(f"\nmaterialised everything in {time.perf_counter() - started:.1f}s")
-    if failed_runs or blocking_failures:
-        print(f"FAILED: runs {failed_runs or 'none'}, blocking checks failed: {blocking_failures}", file=sys.stderr)
-        return 1
-    return 0
+    runner = Runner(defs, "make-run")
+    for label, keys, tags in plan_runs(lake, specs, defs):
+        runner.run(label, keys, tags)
+    return runner.finish(lake, specs, started)
 
 
 def print_summary(lake: Lake, specs: list[DatasetSpec], check_rows: list[tuple]) -> int:

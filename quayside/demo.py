@@ -1,4 +1,4 @@
-"""The demo tenant: a deterministic, seeded generator of landing files for six justice datasets.
+"""The demo tenant: a deterministic, seeded generator of landing files for seven justice datasets.
 
 `generate(lake)` writes what the suppliers of a justice-flavoured public-sector organisation
 would drop into the landing zone, under each spec's `source.location`
@@ -10,6 +10,8 @@ Good deliveries (scale 1):
                         change_seq null) + 3 CDC files (I/U/D, Op first, full before-image on D)
   courts/hearings/      DMS: 5 LOAD files (5,000 hearings) + 2 CDC files
   courts/defendants/    DMS: 2 LOAD files (2,000 defendants, PII) + 1 CDC file
+  courts/court_register/  the register of the 36 courts, re-sent weekly in full (two weeks; a court
+                        opened in the second) -> staged holds the latest snapshot
   prisons/population/   one CSV per day x ~120 establishments
   legal_aid/payments/   two monthly Parquet files x ~3,000 payments (decimal amounts)
   monitoring/em_events/ one JSON-lines file per day x ~5,000 events
@@ -58,8 +60,8 @@ if TYPE_CHECKING:
     from quayside.lake import Lake
 
 DATASETS_DIR = Path(__file__).resolve().parent.parent / "lake_assets" / "datasets"
-DEMO_SPECS = ("courts/cases", "courts/hearings", "courts/defendants", "prisons/population",
-              "legal_aid/payments", "monitoring/em_events")
+DEMO_SPECS = ("courts/cases", "courts/hearings", "courts/defendants", "courts/court_register",
+              "prisons/population", "legal_aid/payments", "monitoring/em_events")
 UNMATCHED = "unmatched"
 
 
@@ -376,6 +378,27 @@ def _courts(out: _Out, specs: dict[str, DatasetSpec], seed: int, scale: float, e
     return case_ids
 
 
+REGIONS = ["London", "South East", "South West", "Midlands", "North East", "North West", "Wales"]
+
+
+def _court_register(out: _Out, spec: DatasetSpec, seed: int, end: date) -> None:
+    """Two weekly snapshots of the register; the newest court (last code) opens between them."""
+    rng = random.Random(f"{seed}:court_register")
+    towns = rng.sample([a + b for a in PRISON_PARTS[0] for b in PRISON_PARTS[1]], len(COURTS))
+    rows = []
+    for code, town in zip(COURTS, towns):
+        crown = code.startswith("CC")
+        opened = (date(1970, 1, 1) + timedelta(days=rng.randrange(18_000))).isoformat() if rng.random() < 0.9 else ""
+        rows.append([code, f"{town} Crown Court" if crown else f"{town} Magistrates' Court",
+                     "crown" if crown else "magistrates", rng.choice(REGIONS), opened])
+    header = [c.name for c in spec.columns]
+    opened = end - timedelta(days=3)
+    rows[-1][4] = opened.isoformat()
+    for week_end, register in ((end - timedelta(days=7), rows[:-1]), (end, rows)):
+        out.put(spec, f"court_register_{week_end}.csv", _csv(header, register), len(register))
+    out.summary.current_rows[spec.key] = len(rows)
+
+
 def _postcode(rng: random.Random) -> str:
     return (f"{rng.choice(POSTCODE_AREAS)}{rng.randint(1, 20)} {rng.randint(0, 9)}"
             f"{rng.choice(POSTCODE_UNIT)}{rng.choice(POSTCODE_UNIT)}")
@@ -540,7 +563,7 @@ def _n(base: int, scale: float) -> int:
 
 
 def demo_specs(folder: Path = DATASETS_DIR) -> dict[str, DatasetSpec]:
-    """The six demo specs by '<domain>/<name>'."""
+    """The demo specs by '<domain>/<name>'."""
     return {name: load_spec(folder / f"{name}.yaml") for name in DEMO_SPECS}
 
 
@@ -555,6 +578,7 @@ def generate(lake: Lake, scale: float = 1.0, seed: int = 7, days: int = 7,
     out = _Out(lake, summary)
     window = [end - timedelta(days=days - 1 - i) for i in range(days)]
     case_ids = _courts(out, specs, seed, scale, end)
+    _court_register(out, specs["courts/court_register"], seed, end)
     _prisons(out, specs["prisons/population"], seed, scale, window)
     _legal_aid(out, specs["legal_aid/payments"], seed, scale, end, case_ids)
     _em_events(out, specs["monitoring/em_events"], seed, scale, window)

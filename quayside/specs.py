@@ -302,6 +302,13 @@ class DatasetSpec(_Model):
                 raise ValueError(f"partitioning column {self.partitioning.column!r} is not declared in columns")
             if col.type not in ("date", "timestamp", "timestamptz"):
                 raise ValueError("partitioning column must be a date or timestamp")
+        if self.source.extracted and self.daily_partitioned:
+            raise ValueError("a table or api source is read by extractions, not by day: use load_mode cdc or "
+                             "snapshot, or drop partitioning")
+        incremental = (self.source.table and self.source.table.watermark) or (
+            self.source.api and self.source.api.incremental_param)
+        if self.load_mode == "snapshot" and incremental:
+            raise ValueError("a snapshot dataset reads its whole source each time: drop the watermark / incremental_param")
         if self.source.table:
             extract = self.source.table
             for col in [extract.watermark, *extract.tie_breaker]:

@@ -148,3 +148,25 @@ def test_make_run_materialises_the_demo(demo_home):
     con = lake.connect()
     assert count("staged_prisons.population") == summary.rows["prisons.population"]
     assert con.sql("SELECT count(*) FROM raw.manifest").fetchone()[0] == sum(statuses.values())
+
+
+@pytest.mark.slow
+def test_make_run_sources_ingests_the_demo_through_every_connector(tmp_path, monkeypatch, capsys):
+    """The second README command: real servers, sensors, runs; same staged tables as `make run`."""
+    from lake_assets import run_sources
+
+    monkeypatch.setenv("QUAYSIDE_HOME", str(tmp_path / "lake"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    (tmp_path / "dagster").mkdir()
+    assert run_sources.main(["--end", "2026-11-01", "--days", "3"]) == 0
+    out = capsys.readouterr().out
+    for channel in ("database", "http_api", "push", "fileshare", "sftp", "s3", "azure_blob"):
+        assert f" via {channel}" in out
+    lake = Lake(LakeSettings(home=str(tmp_path / "lake")))
+    con = lake.connect()
+    counts = dict(con.sql("SELECT dataset, count(*) FROM raw.manifest WHERE status = 'accepted' GROUP BY 1").fetchall())
+    assert set(counts) == set(run_sources.CHANNELS)
+    assert con.sql("SELECT count(*) FROM staged_courts.cases").fetchone()[0] == \
+        con.sql("SELECT sum(rows) FROM raw.extracts WHERE dataset = 'courts.cases'").fetchone()[0] > 0
+    assert con.sql("SELECT count(*) FROM curated_courts.court_case_timeliness_monthly").fetchone()[0] > 0
+    assert "prisons/population/readme.txt" not in out.split("landing files matching no dataset")[-1]

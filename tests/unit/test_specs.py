@@ -88,11 +88,12 @@ def test_cdc_columns_may_not_clash_with_history_columns(tmp_path):
         load_spec(write(tmp_path, text))
 
 
+UNPARTITIONED = GOOD.replace("partitioning: {column: snapshot_date, granularity: day, start: 2026-01-01}\n", "")
 TABLE_SOURCE = "source: {connection: prison_db, location: prisons/population_db/, table: {table: nomis.population, watermark: snapshot_date}}"
 
 
 def test_a_table_source_gets_quayside_named_parquet_files(tmp_path):
-    spec = load_spec(write(tmp_path, GOOD.replace(GOOD.splitlines()[5], TABLE_SOURCE)))
+    spec = load_spec(write(tmp_path, UNPARTITIONED.replace(GOOD.splitlines()[5], TABLE_SOURCE)))
     assert spec.source.extracted and spec.source.format == "parquet"
     assert spec.source.matches("LOAD20261130112233123456.parquet") and spec.source.matches("20261130112233123456-changes.parquet")
     assert not spec.source.matches("other.parquet")
@@ -111,5 +112,15 @@ def test_a_table_source_gets_quayside_named_parquet_files(tmp_path):
 def test_table_and_api_sources_are_validated(tmp_path, source, message):
     line = f"source: {{connection: upstream, location: prisons/x/, {source}}}"
     with pytest.raises(SpecError, match="source|spec") as err:
-        load_spec(write(tmp_path, GOOD.replace(GOOD.splitlines()[5], line)))
+        load_spec(write(tmp_path, UNPARTITIONED.replace(GOOD.splitlines()[5], line)))
+    assert message in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("text, message", [
+    (GOOD, "not by day"),  # daily batches come from file names; an extraction has none
+    (UNPARTITIONED.replace("owner:", "load_mode: snapshot\nowner:"), "reads its whole source each time"),
+])
+def test_extractions_fit_the_load_mode(tmp_path, text, message):
+    with pytest.raises(SpecError) as err:
+        load_spec(write(tmp_path, text.replace(GOOD.splitlines()[5], TABLE_SOURCE)))
     assert message in str(err.value), str(err.value)

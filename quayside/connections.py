@@ -105,13 +105,16 @@ class AzureBlobConnection(_Connection):
     credential: str = ""
 
     def client(self):
-        from azure.storage.blob import ContainerClient
+        from azure.storage.blob import ContainerClient, LinearRetry
 
+        # The SDK's default retries an unreachable account for over a minute; a sensor tick can't wait that long.
+        policy = {"retry_policy": LinearRetry(backoff=2, retry_total=3, random_jitter_range=1),
+                  "connection_timeout": 10, "read_timeout": 120}
         if self.connection_string:
-            return ContainerClient.from_connection_string(self.connection_string, self.container)
+            return ContainerClient.from_connection_string(self.connection_string, self.container, **policy)
         if not self.account_url:
             raise ValueError("azure_blob connection: give connection_string, or account_url and credential")
-        return ContainerClient(self.account_url, self.container, credential=self.credential or None)
+        return ContainerClient(self.account_url, self.container, credential=self.credential or None, **policy)
 
 
 class DatabaseConnection(_Connection):

@@ -17,7 +17,7 @@ from quayside.demo import generate
 from quayside.lake import Lake, LakeSettings
 from tests.conftest import DATASETS
 
-SECRET = "supplier-secret-7f3a9c"
+SECRET = "supplier-secret-7f3a9c"  # moto accepts any key: the tests only check it never leaks
 
 
 @pytest.fixture
@@ -326,3 +326,40 @@ def test_a_1_gb_file_is_copied_with_bounded_memory(tmp_path, sftp_server, kind):
         peaks[blocks] = result["peak_rss_mb"]
         path.unlink()
     assert peaks[512] - peaks[5] < 64, peaks  # 1 GiB through the process costs < 64 MB more than 10 MiB
+
+
+def test_refused_credentials_are_clear_errors(tmp_path, sftp_server, azurite):
+    import subprocess
+
+    from azure.core.exceptions import HttpResponseError
+
+    from quayside.connections import open_connection
+    from quayside.sftp import SftpError
+
+    settings, _, _ = sftp_server
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "stranger")], check=True)
+    with pytest.raises(SftpError, match=r"sftp://.*@127\.0\.0\.1:\d+: Authentication failed"):
+        open_connection(parse_connection("supplier", settings | {"private_key_path": str(tmp_path / "stranger")})).info("x")
+    wrong_key = azurite.replace(local_servers.AZURITE_ACCOUNT_KEY, "A" * 86 + "==")
+    with pytest.raises(HttpResponseError, match="Server failed to authenticate the request") as err:
+        list(open_connection(parse_connection("supplier", {"type": "azure_blob", "container": "supplier",
+                                                           "connection_string": wrong_key})).list())
+    assert "A" * 86 not in str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["s3", "azure_blob"])
+def test_unreachable_object_stores_are_retried_briefly_then_a_clear_error(kind):
+    """A handful of retries, then an error naming the endpoint: well inside a sensor tick's 60 s."""
+    import time
+
+    from quayside.connections import open_connection
+
+    port = local_servers.free_port()  # nothing listens there
+    settings = ({"type": "s3", "bucket": "drop", "endpoint_url": f"http://127.0.0.1:{port}"} if kind == "s3" else
+                {"type": "azure_blob", "container": "drop", "connection_string": (
+                    f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey="
+                    f"{local_servers.AZURITE_ACCOUNT_KEY};BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;")})
+    started = time.monotonic()
+    with pytest.raises(Exception, match=rf"127\.0\.0\.1.{{1,10}}{port}") as err:
+        list(open_connection(parse_connection("supplier", settings)).list())
+    assert "connect" in str(err.value).lower() and time.monotonic() - started < 45

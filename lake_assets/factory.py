@@ -142,6 +142,7 @@ def extract_metadata(extraction: Extraction) -> dict:
         "pages": extraction.pages,
         "extract_seconds": round(extraction.seconds, 3),
         "source_seconds": round(extraction.source_seconds, 3),
+        "longest_source_query_seconds": round(extraction.longest_transaction_seconds, 3),
         "watermark": "—" if extraction.watermark is None else ", ".join(map(str, extraction.watermark)),
     }
 

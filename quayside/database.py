@@ -1,8 +1,8 @@
 """Relational databases (any SQLAlchemy URL; PostgreSQL tested) as a dataset source.
 
 A table is read in pages ordered by a unique key (keyset pagination): each page is one short
-query in its own transaction, so the source never holds a long-running snapshot or lock, a
-dropped connection costs one page (the page is retried on a new connection) and memory stays
+query in its own connection and transaction, so the source never holds a long-running snapshot
+or lock, a dropped connection costs one page (retried on a new connection) and memory stays
 at one page, whatever the table's size. Pages become Arrow batches typed by the spec and go to
 a Parquet file (`quayside.extract` puts it into landing).
 
@@ -39,8 +39,9 @@ class Database:
         parsed = sa.make_url(url)
         if password:
             parsed = parsed.set(password=password)
-        # No pooled connection is trusted across pages: pre-ping replaces one the server dropped.
-        self.engine = sa.create_engine(parsed, pool_pre_ping=True, pool_size=1, max_overflow=0)
+        # A connection per page (no pool): nothing stays open between pages or after a sensor
+        # tick, and a connection the server dropped is never reused.
+        self.engine = sa.create_engine(parsed, poolclass=sa.pool.NullPool)
         self.retries = retries
 
     def __repr__(self) -> str:
@@ -59,7 +60,6 @@ class Database:
                     reason = str(exc.orig or exc).strip().splitlines()[0]
                     raise ExtractError(f"{spec.key}: reading {spec.source.table.table} failed after "
                                        f"{attempt + 1} attempt(s): {reason}") from None
-                self.engine.dispose()
                 time.sleep(0.5 * 2**attempt)
         raise AssertionError("unreachable")
 

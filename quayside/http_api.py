@@ -3,8 +3,9 @@ pagination, bearer-token or API-key auth, and incremental reads by a query param
 
 Transient failures (connection errors, timeouts, 5xx) are retried with exponential backoff; a
 429 waits as long as its `Retry-After` says (capped). Refused credentials (401/403) and other
-4xx fail at once with the status and the start of the answer. A next-page link that points to
-another host is refused: the credentials are only ever sent to the connection's base URL.
+4xx fail at once with the status and the start of the answer. Redirects are not followed and a
+next-page link that points to another host is refused: the credentials only ever go to the
+connection's base URL.
 Records are written one JSON object per line to a scratch file and reach landing only when the
 last page has been read.
 """

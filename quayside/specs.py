@@ -87,7 +87,8 @@ class ApiExtract(_Model):
     pagination: Literal["none", "page", "cursor", "link"] = "none"
     page_param: str = "page"
     page_size_param: str = ""
-    page_size: Annotated[int, Field(gt=0)] = 100
+    page_size: Annotated[int, Field(gt=0, description="records per page (sent as page_size_param if given); "
+                                                     "a shorter page is the last")] = 100
     cursor_param: str = "cursor"
     next_cursor: str = Field("next_cursor", description="dotted path to the next page's cursor in a response")
     incremental_param: str = Field("", description="query parameter taking the watermark, e.g. updated_since")

@@ -49,8 +49,9 @@ ui: install $(DAGSTER_HOME)/dagster.yaml
 test: install $(AZURITE)
 	$(PY) -m pytest -q
 
+## make bench [SCENARIO=n]: Quayside side by side with its peers and the physical limit -> docs/benchmarks.md
 bench: install
-	$(PY) benchmarks/cdc_merge.py
+	$(PY) -m benchmarks.run $(if $(SCENARIO),--scenario $(SCENARIO))
 
 clean:
 	rm -rf $(QUAYSIDE_HOME) $(SOURCES_HOME)

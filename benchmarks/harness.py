@@ -1,8 +1,8 @@
 """Side-by-side measurement: each contender runs in a fresh process, contenders alternate within
 each repetition, and the figures reported are medians, so ratios hold on a noisy shared machine.
 
-Peak memory is the OS's accounting of each child process (`os.wait4` → `ru_maxrss`), not a guess
-from inside Python.
+Peak memory is the kernel's accounting of each child process (its VmHWM), not a guess from
+inside Python.
 """
 
 from __future__ import annotations
@@ -44,13 +44,11 @@ def run_child(target: str, **arguments) -> Sample:
                                 stdout=subprocess.PIPE, stderr=stderr, cwd=ROOT,
                                 env=os.environ | {"PYTHONWARNINGS": "ignore"})
         out = proc.stdout.read()
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
+        if proc.wait() != 0:
             stderr.seek(0)
             raise RuntimeError(f"{target} failed ({proc.returncode}):\n{stderr.read().decode()[-3000:]}")
     result = json.loads(out.decode().strip().splitlines()[-1])
-    return Sample(result.pop("seconds"), usage.ru_maxrss / 1024, result)
+    return Sample(result.pop("seconds"), result.pop("peak_rss_mb"), result)
 
 
 def compare(contenders: dict[str, tuple[str, dict]], repetitions: int = 3,
@@ -106,5 +104,5 @@ class Row:
     limit: str
     ratios: str
     goal: str
-    met: bool
+    met: bool | None  # None: a reference point without a goal
     notes: str = ""

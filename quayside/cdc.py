@@ -48,8 +48,6 @@ old partitions rewrite all of them. Columns the change rows bring that the table
 
 from __future__ import annotations
 
-import itertools
-import uuid
 from dataclasses import dataclass
 
 import duckdb
@@ -57,12 +55,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.expressions import AlwaysTrue, And, GreaterThanOrEqual, LessThanOrEqual
-from pyiceberg.io.pyarrow import ArrowScan, bin_pack_arrow_table, write_file
-from pyiceberg.manifest import DataFile
-from pyiceberg.partitioning import PartitionField, PartitionFieldValue, PartitionKey
-from pyiceberg.table import FileScanTask, Table, TableProperties, WriteTask
-from pyiceberg.utils.properties import property_as_int
+from pyiceberg.io.pyarrow import ArrowScan
+from pyiceberg.table import FileScanTask, Table
 
+from quayside.iceberg_files import partition_field, partition_slices, partition_values, replace_files, write_slices
 from quayside.lake import Lake
 from quayside.specs import LINEAGE_COLUMNS, DatasetSpec
 
@@ -162,28 +158,13 @@ def _row_count(table: Table) -> int:
 
 
 # --- partitions and files -------------------------------------------------------------
-def _partition_field(table: Table) -> tuple[PartitionField, str] | None:
-    """The table's partition field and its source column (Quayside partitions on one column)."""
-    spec = table.spec()
-    if spec.is_unpartitioned():
-        return None
-    field = spec.fields[0]
-    return field, table.schema().find_column_name(field.source_id)
-
-
-def _partition_values(table: Table, field: PartitionField, column: pa.ChunkedArray) -> pa.Array:
-    """Iceberg partition values (e.g. months since 1970) of a column, by the table's own transform."""
-    source_type = table.schema().find_field(field.source_id).field_type
-    return field.transform.pyarrow_transform(source_type)(column.combine_chunks())
-
-
 def _touched_partitions(table: Table, changes: pa.Table) -> set[int] | None:
     """Partition values the change rows fall into; None means every partition."""
-    partitioning = _partition_field(table)
+    partitioning = partition_field(table)
     if partitioning is None:
         return None
     field, column = partitioning
-    values = set(pc.unique(_partition_values(table, field, changes[column])).to_pylist())
+    values = set(pc.unique(partition_values(table, field, changes[column])).to_pylist())
     return None if None in values else values  # a key's partition is unknown: any may hold it
 
 
@@ -191,7 +172,7 @@ def _data_files(table: Table, changes: pa.Table, touched: set[int] | None) -> li
     """The table's data files in the touched partitions (all if `touched` is None), from metadata."""
     if touched is None:
         return list(table.scan().plan_files())
-    field, column = _partition_field(table)
+    field, column = partition_field(table)
     low, high = pc.min_max(changes[column]).values()
     # One range filter prunes manifests cheaply; pyiceberg's planning slows down sharply with
     # a filter per partition (32 OR-ed ranges: 3 s), so exact partitions are picked here.
@@ -208,45 +189,9 @@ def _read(table: Table, files: list[FileScanTask]) -> pa.Table:
 
 def _replace(table: Table, old_files: list[FileScanTask], data: pa.Table) -> int:
     """Swap `old_files` for `data` in one commit; return the number of partitions written."""
-    slices = _partition_slices(table, _conform(data, _arrow_schema(table)))
-    new_files = _write_files(table, slices)
-    with table.transaction() as tx:
-        with tx.update_snapshot().overwrite() as overwrite:
-            for task in old_files:
-                overwrite.delete_data_file(task.file)
-            for data_file in new_files:
-                overwrite.append_data_file(data_file)
+    slices = partition_slices(table, _conform(data, _arrow_schema(table)))
+    replace_files(table, old_files, write_slices(table, slices))
     return len(slices)
-
-
-def _partition_slices(table: Table, data: pa.Table) -> list[tuple[PartitionKey | None, pa.Table]]:
-    """Rows grouped by partition, as zero-copy slices. Rows arrive in runs of one partition
-    (one per data file read, then the re-chained rows sorted), so run-length encoding finds
-    them without sorting everything. (`Table.overwrite` filters the whole table once per
-    partition instead: seconds for 60 partitions of 5M rows.)"""
-    partitioning = _partition_field(table)
-    if partitioning is None:
-        return [(None, data)] if data.num_rows else []
-    field, column = partitioning
-    runs = pc.run_end_encode(_partition_values(table, field, data[column]))
-    groups: dict[int | None, list[pa.Table]] = {}
-    start = 0
-    for end, value in zip(runs.run_ends.to_pylist(), runs.values.to_pylist()):
-        groups.setdefault(value, []).append(data.slice(start, end - start))
-        start = end
-    return [(PartitionKey([PartitionFieldValue(field, value)], table.spec(), table.schema()), pa.concat_tables(parts))
-            for value, parts in groups.items()]
-
-
-def _write_files(table: Table, slices: list[tuple[PartitionKey | None, pa.Table]]) -> list[DataFile]:
-    """Parquet files for the slices, written in parallel by pyiceberg, as `Table.append` would."""
-    target = property_as_int(table.properties, TableProperties.WRITE_TARGET_FILE_SIZE_BYTES,
-                             TableProperties.WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT)
-    write_uuid, counter = uuid.uuid4(), itertools.count()
-    tasks = (WriteTask(write_uuid=write_uuid, task_id=next(counter), schema=table.schema(), record_batches=batches,
-                       partition_key=key)
-             for key, part in slices for batches in bin_pack_arrow_table(part, target))
-    return list(write_file(table.io, table.metadata, tasks))
 
 
 # --- the merge, in DuckDB -------------------------------------------------------------

@@ -25,12 +25,14 @@ from datetime import date, datetime, timezone
 from pathlib import PurePosixPath
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.exceptions import CommitFailedException
-from pyiceberg.expressions import And, BooleanExpression, EqualTo, In
+from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression, EqualTo, In
 from pyiceberg.table import Table
 
+from quayside.iceberg_files import partition_slices, replace_rows_with_files, write_slices
 from quayside.lake import Lake, Storage
 from quayside.specs import IDENTIFIER, LINEAGE_COLUMNS, Column, DatasetSpec
 
@@ -279,9 +281,9 @@ def read_raw_file(lake: Lake, spec: DatasetSpec, raw_key: str, con: duckdb.DuckD
         elif fmt == "jsonl":
             source, rejected = _read_jsonl(spec, path, con), []
         else:
-            con.execute(f"CREATE OR REPLACE TEMP TABLE parquet_rows AS "
-                        f"SELECT row_number() OVER () AS _row, * FROM read_parquet('{_escape(path)}', hive_partitioning=false)")
-            source, rejected = "parquet_rows", []
+            con.execute(f"CREATE OR REPLACE TEMP TABLE parquet_raw AS "
+                        f"SELECT * FROM read_parquet('{_escape(path)}', hive_partitioning=false)")
+            source, rejected = _numbered(con, "parquet_raw", "parquet_rows"), []
         names = [name for name, *_ in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()]
     except duckdb.Error as exc:
         raise IngestError(f"{spec.key}: {raw_key}: cannot read {fmt}: {_first_line(exc)}") from None
@@ -320,7 +322,7 @@ def _read_csv(storage: Storage, spec: DatasetSpec, raw_key: str, path: str, con:
               f"encoding={sql_literal(opts.encoding)}, strict_mode=true, store_rejects=true, "
               f"rejects_table='csv_rejects', rejects_scan='csv_reject_scans')")
     con.execute("DROP TABLE IF EXISTS csv_rejects; DROP TABLE IF EXISTS csv_reject_scans")
-    con.execute(f"CREATE OR REPLACE TEMP TABLE csv_rows AS SELECT row_number() OVER () AS _row, * FROM {source}")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE csv_raw AS SELECT * FROM {source}")
     rejects = con.execute("SELECT line, error_type, error_message, csv_line FROM csv_rejects ORDER BY line").fetchall()
     for line, error_type, message, _ in rejects:
         if error_type == "UNQUOTED VALUE":  # an unterminated quote swallows the rest of the file
@@ -328,12 +330,20 @@ def _read_csv(storage: Storage, spec: DatasetSpec, raw_key: str, path: str, con:
     first_per_line = {line: (message, raw_line) for line, _, message, raw_line in reversed(rejects)}
     rejected = [{"row_number": line, "field": "", "reason": f"malformed CSV row: {message}", "record": raw_line}
                 for line, (message, raw_line) in sorted(first_per_line.items())]
-    return "csv_rows", rejected
+    return _numbered(con, "csv_raw", "csv_rows"), rejected
+
+
+def _numbered(con: duckdb.DuckDBPyConnection, table: str, view: str) -> str:
+    """A view of a just-read file's rows with `_row`, the row's number in the file. From the
+    table's rowid (insertion order is file order): half the cost of `row_number() OVER ()`."""
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT rowid + 1 AS _row, * FROM {table}")
+    return view
 
 
 def _read_jsonl(spec: DatasetSpec, path: str, con: duckdb.DuckDBPyConnection) -> str:
-    con.execute(f"CREATE OR REPLACE TEMP TABLE json_lines AS SELECT row_number() OVER () AS _row, json "
-                f"FROM read_ndjson_objects('{_escape(path)}', hive_partitioning=false)")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE json_raw AS "
+                f"SELECT json FROM read_ndjson_objects('{_escape(path)}', hive_partitioning=false)")
+    _numbered(con, "json_raw", "json_lines")
     keys = [k for (k,) in con.execute(
         "SELECT DISTINCT unnest(json_keys(json)) AS k FROM json_lines ORDER BY k").fetchall()]
     bad_keys = [k for k in keys if not IDENTIFIER.match(k.lower())]
@@ -433,8 +443,8 @@ def _type_and_validate(spec: DatasetSpec, source: str, names: list[str], new_col
         record = "to_json({" + ", ".join(f"{sql_literal(n)}: src.\"{n}\"" for n in actual.values()) + "})"
     con.execute(f"CREATE OR REPLACE TEMP TABLE checked AS SELECT src._row AS _row, {field_sql} AS _field, "
                 f"{reason_sql} AS _reason, {', '.join(typed_cols)} FROM {source} AS src")
-    valid = con.execute("SELECT * EXCLUDE (_field, _reason) FROM checked WHERE _reason IS NULL ORDER BY _row"
-                        ).fetch_arrow_table()
+    # In file order without a sort: DuckDB keeps insertion order.
+    valid = con.execute("SELECT * EXCLUDE (_field, _reason) FROM checked WHERE _reason IS NULL").fetch_arrow_table()
     bad_rows = con.execute(f"SELECT c._row, c._field, c._reason, {record.replace('src._row', 'c._row')} "
                            f"FROM checked c JOIN {source} src ON src._row = c._row "
                            "WHERE c._reason IS NOT NULL ORDER BY c._row").fetchall()
@@ -498,35 +508,50 @@ def files_for_batches(lake: Lake, spec: DatasetSpec, batch_dates: list[date] | N
 def stage(lake: Lake, spec: DatasetSpec, batches: date | list[date] | None = None, run_id: str = "") -> StageReport:
     """Build the staged table (or some daily batches of it) from the raw zone; idempotent.
 
-    A range of days (a backfill) is read in one pass and replaced in one commit per table.
+    Files are read, validated and written to Iceberg data files one at a time, so memory holds
+    one file's rows whatever the batch's size; the batch (a day, a backfill range, or everything)
+    is then replaced in one commit.
     """
     if spec.load_mode == "cdc":
         return stage_cdc(lake, spec, run_id)
     days = [batches] if isinstance(batches, date) else sorted(batches or [])
-    files = files_for_batches(lake, spec, days)
+    # In file-name order: of two rows with one primary key, the one in the earlier file stays.
+    files = sorted(files_for_batches(lake, spec, days), key=lambda f: f["raw_key"])
     report = StageReport(spec.key, days, [f["raw_key"] for f in files])
+    table = _staged_table(lake, spec)  # exists (empty) so that checks and queries see the dataset
     if not files:
-        _staged_table(lake, spec)  # exists (empty) so that checks and queries see the dataset
         return report  # staged rows only ever come from raw files, so a batch without any has none
-    reads = _read_files(lake, spec, files, report, run_id)
-    table = _staged_table(lake, spec)
-    staged = _concat([_with_lineage(r.valid, f) for r, f in reads], staged_schema(spec))
-    staged, duplicates = _split_duplicate_keys(spec, staged)
-    staged = staged.drop_columns(["_row"]) if "_row" in staged.column_names else staged
+    reads, rejected, new_files = [], [], []
+    seen = _SeenKeys(spec)
+    con = lake.connect(views=False)
+    try:
+        for f in files:
+            try:
+                read = read_raw_file(lake, spec, f["raw_key"], con)
+            except IngestError as exc:
+                report.quarantined_files.append(_quarantine_file(lake, spec, f, exc, run_id))
+                continue
+            staged, duplicates = seen.split(_with_lineage(read.valid, f))
+            if read.new_columns:
+                with table.update_schema() as update:
+                    update.union_by_name(staged.schema.remove(staged.schema.get_field_index("_row")))
+                table = lake.load_table(spec.staged_namespace, spec.name)
+            data = conform(staged, table.schema().as_arrow())
+            new_files += write_slices(table, partition_slices(table, data))
+            report.rows_staged += data.num_rows
+            report.preview = data.slice(0, 10) if report.preview is None else report.preview
+            rejected += [row | {"raw_key": f["raw_key"], "batch_date": f["batch_date"]} for row in read.rejected]
+            rejected += duplicates
+            read.valid = read.valid.slice(0, 0)  # written: memory holds one file's rows at a time
+            reads.append((read, f))
+    finally:
+        con.close()
+        seen.close()
+    report.rows_in = sum(r.rows_in for r, _ in reads)
     report.new_columns = sorted({c for r, _ in reads for c in r.new_columns})
-    if report.new_columns:
-        with table.update_schema() as update:
-            update.union_by_name(staged.schema)
-        table = lake.load_table(spec.staged_namespace, spec.name)
-    data = conform(staged, table.schema().as_arrow())
-    where = In("_batch_date", days) if spec.daily_partitioned else None
-    retry_commit(lambda: lake.load_table(spec.staged_namespace, spec.name).overwrite(
-        data, **({"overwrite_filter": where} if where is not None else {})))
-    rejected = [row | {"raw_key": f["raw_key"], "batch_date": f["batch_date"]} for r, f in reads for row in r.rejected]
-    rejected += duplicates
+    where = In("_batch_date", days) if spec.daily_partitioned else AlwaysTrue()
+    retry_commit(lambda: replace_rows_with_files(lake.load_table(spec.staged_namespace, spec.name), where, new_files))
     _record(lake, spec, report, reads, rejected, run_id)
-    report.rows_staged = data.num_rows
-    report.preview = data.slice(0, 10)
     return report
 
 
@@ -584,9 +609,9 @@ def _quarantine_file(lake: Lake, spec: DatasetSpec, f: dict, exc: IngestError, r
 
 def _with_lineage(valid: pa.Table, f: dict) -> pa.Table:
     n = valid.num_rows
-    return (valid.append_column("_source_file", pa.array([f["raw_key"]] * n, pa.string()))
-            .append_column("_batch_date", pa.array([f["batch_date"]] * n, pa.date32()))
-            .append_column("_ingested_at", pa.array([f["ingested_at"]] * n, pa.timestamp("us", tz="UTC"))))
+    return (valid.append_column("_source_file", pa.repeat(pa.scalar(f["raw_key"], pa.string()), n))
+            .append_column("_batch_date", pa.repeat(pa.scalar(f["batch_date"], pa.date32()), n))
+            .append_column("_ingested_at", pa.repeat(pa.scalar(f["ingested_at"], pa.timestamp("us", tz="UTC")), n)))
 
 
 def _concat(tables: list[pa.Table], schema: pa.Schema) -> pa.Table:
@@ -608,28 +633,44 @@ def conform(data: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-def _split_duplicate_keys(spec: DatasetSpec, staged: pa.Table) -> tuple[pa.Table, list[dict]]:
-    """Within a batch a primary key appears once: later duplicates go to quarantine."""
-    if not spec.primary_key or staged.num_rows == 0 or spec.load_mode == "cdc":
-        return staged, []
-    keys = ", ".join(f'"{k}"' for k in spec.primary_key)
-    batch = staged.select(spec.primary_key + ["_source_file"]).append_column("_i", pa.array(range(staged.num_rows)))
-    con = duckdb.connect()
-    con.register("batch", batch)
-    dup_index = con.execute(
-        f"SELECT _i FROM batch QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY _source_file, _i) > 1"
-    ).fetch_arrow_table()["_i"]
-    if len(dup_index) == 0:
-        return staged, []
-    dup_mask = pc.is_in(pa.array(range(staged.num_rows)), value_set=dup_index.combine_chunks())
-    rejected = []
-    for row in staged.filter(dup_mask).to_pylist():
-        key = ", ".join(str(row[k]) for k in spec.primary_key)
-        record = {k: v for k, v in row.items() if not k.startswith("_")}
-        rejected.append({"raw_key": row["_source_file"], "batch_date": row["_batch_date"], "row_number": row["_row"],
-                         "field": ",".join(spec.primary_key), "reason": f"duplicate primary key ({key}) in this batch",
-                         "record": json.dumps(record, default=str)})
-    return staged.filter(pc.invert(dup_mask)), rejected
+class _SeenKeys:
+    """Primary keys staged so far in this batch (keys only, in DuckDB): a key's second appearance,
+    later in the same file or in a later file, goes to quarantine."""
+
+    def __init__(self, spec: DatasetSpec):
+        self.spec = spec
+        self.con = duckdb.connect() if spec.primary_key else None
+        self.keys = ", ".join(f'"{k}"' for k in spec.primary_key)
+
+    def split(self, staged: pa.Table) -> tuple[pa.Table, list[dict]]:
+        if self.con is None or staged.num_rows == 0:
+            return staged, []
+        index = pa.array(np.arange(staged.num_rows))
+        batch = staged.select(self.spec.primary_key).append_column("_i", index)
+        self.con.register("batch", batch)
+        self.con.execute(f"CREATE TABLE IF NOT EXISTS seen AS SELECT {self.keys} FROM batch LIMIT 0")
+        match = " AND ".join(f's."{k}" IS NOT DISTINCT FROM b."{k}"' for k in self.spec.primary_key)
+        dup_index = self.con.execute(
+            f"SELECT _i FROM (SELECT *, row_number() OVER (PARTITION BY {self.keys} ORDER BY _i) AS n FROM batch) b "
+            f"WHERE n > 1 OR EXISTS (SELECT 1 FROM seen s WHERE {match})").fetch_arrow_table()["_i"]
+        self.con.execute(f"INSERT INTO seen SELECT DISTINCT {self.keys} FROM batch")
+        self.con.unregister("batch")
+        if len(dup_index) == 0:
+            return staged, []
+        dup_mask = pc.is_in(index, value_set=dup_index.combine_chunks())
+        rejected = []
+        for row in staged.filter(dup_mask).to_pylist():
+            key = ", ".join(str(row[k]) for k in self.spec.primary_key)
+            record = {k: v for k, v in row.items() if not k.startswith("_")}
+            rejected.append({"raw_key": row["_source_file"], "batch_date": row["_batch_date"],
+                             "row_number": row["_row"], "field": ",".join(self.spec.primary_key),
+                             "reason": f"duplicate primary key ({key}) in this batch",
+                             "record": json.dumps(record, default=str)})
+        return staged.filter(pc.invert(dup_mask)), rejected
+
+    def close(self) -> None:
+        if self.con is not None:
+            self.con.close()
 
 
 def _staged_table(lake: Lake, spec: DatasetSpec) -> Table:

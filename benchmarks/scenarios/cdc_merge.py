@@ -179,7 +179,7 @@ def duckdb_rewrite(clock, home: str, changes: str) -> dict:
 # --- the scenario --------------------------------------------------------------------------
 def run(data: Path, work: Path, quick: bool, repetitions: int) -> dict:
     if quick:
-        points = [(200_000, 10_000, "skewed", True), (200_000, 10_000, "uniform", True), (400_000, 10_000, "skewed", False)]
+        points = [(50_000, 2_000, "skewed", True), (50_000, 2_000, "uniform", True), (100_000, 2_000, "skewed", False)]
     else:
         points = [(5_000_000, 100_000, "skewed", True), (5_000_000, 100_000, "uniform", True),
                   (5_000_000, 10_000, "skewed", False), (5_000_000, 1_000_000, "skewed", False),

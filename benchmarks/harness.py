@@ -52,13 +52,16 @@ def run_child(target: str, **arguments) -> Sample:
 
 
 def compare(contenders: dict[str, tuple[str, dict]], repetitions: int = 3,
-            before_each=None) -> dict[str, Figures]:
+            before_each=None, once: frozenset[str] = frozenset()) -> dict[str, Figures]:
     """Run every contender `repetitions` times, rotating the order each round; `before_each(name)`
-    resets shared state (e.g. drops the table a contender writes) outside the timing."""
+    resets shared state (e.g. drops the table a contender writes) outside the timing. Contenders
+    in `once` (minutes a run) run in the first round only."""
     samples: dict[str, list[Sample]] = {name: [] for name in contenders}
     names = list(contenders)
     for round_ in range(repetitions):
         for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+            if round_ and name in once:
+                continue
             if before_each:
                 before_each(name)
             target, arguments = contenders[name]

@@ -28,6 +28,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression, EqualTo, In
 from pyiceberg.table import Table
@@ -292,6 +293,8 @@ def read_raw_file(lake: Lake, spec: DatasetSpec, raw_key: str, con: duckdb.DuckD
         valid, bad = _type_and_validate(spec, source, names, new_columns, con)
     except duckdb.Error as exc:
         raise IngestError(f"{spec.key}: {raw_key}: cannot read {fmt}: {_first_line(exc)}") from None
+    finally:
+        con.unregister("csv_arrow")  # the file's text columns: free them before the next file
     rows_in = valid.num_rows + len(bad) + len(rejected)
     return FileRead(raw_key, rows_in, valid, rejected + bad, new_columns)
 
@@ -305,6 +308,9 @@ def _first_line(exc: Exception) -> str:
 
 
 def _read_csv(storage: Storage, spec: DatasetSpec, raw_key: str, path: str, con: duckdb.DuckDBPyConnection):
+    """Every column as text, for validation in SQL. pyarrow's multi-threaded reader first; a file
+    it cannot parse cleanly (a ragged row, a bad quote) is read again by DuckDB, which names each
+    malformed line."""
     opts = spec.source.csv
     if not opts.header:
         raise IngestError(f"{spec.key}: {raw_key}: CSV without a header row is not supported", "source.csv.header")
@@ -314,6 +320,10 @@ def _read_csv(storage: Storage, spec: DatasetSpec, raw_key: str, path: str, con:
     names = [h.strip().lower() for h in header]
     if not names or len(set(names)) != len(names) or not all(names):
         raise IngestError(f"{spec.key}: {raw_key}: header row {header!r} is empty or has duplicate names", "header")
+    rows = _read_csv_arrow(storage, spec, raw_key, names)
+    if rows is not None:
+        con.register("csv_arrow", rows.append_column("_row", pa.array(np.arange(1, rows.num_rows + 1))))
+        return "csv_arrow", []
     columns = "{" + ", ".join(f"'{_escape(n)}': 'VARCHAR'" for n in names) + "}"
     nulls = "[" + ", ".join(sql_literal(v) for v in opts.null_values) + "]"
     q = sql_literal(opts.quote_char)
@@ -331,6 +341,28 @@ def _read_csv(storage: Storage, spec: DatasetSpec, raw_key: str, path: str, con:
     rejected = [{"row_number": line, "field": "", "reason": f"malformed CSV row: {message}", "record": raw_line}
                 for line, (message, raw_line) in sorted(first_per_line.items())]
     return _numbered(con, "csv_raw", "csv_rows"), rejected
+
+
+def _read_csv_arrow(storage: Storage, spec: DatasetSpec, raw_key: str, names: list[str]) -> pa.Table | None:
+    """The file's rows as text columns, or None if any row does not parse as a well-formed record."""
+    opts = spec.source.csv
+    malformed = []
+
+    def skip(row) -> str:
+        malformed.append(row)
+        return "skip"
+
+    try:
+        with storage.open(raw_key) as f:
+            rows = pa_csv.read_csv(
+                f, read_options=pa_csv.ReadOptions(column_names=names, skip_rows=1, encoding=opts.encoding),
+                parse_options=pa_csv.ParseOptions(delimiter=opts.delimiter, quote_char=opts.quote_char,
+                                                  double_quote=True, invalid_row_handler=skip),
+                convert_options=pa_csv.ConvertOptions(column_types={n: pa.string() for n in names},
+                                                      null_values=opts.null_values, strings_can_be_null=True))
+    except (pa.ArrowInvalid, UnicodeError):
+        return None
+    return None if malformed else rows
 
 
 def _numbered(con: duckdb.DuckDBPyConnection, table: str, view: str) -> str:
@@ -437,19 +469,22 @@ def _type_and_validate(spec: DatasetSpec, source: str, names: list[str], new_col
     typed_cols += [f"{expr} AS {alias}" for alias, expr in cdc.items()]
     field_sql = f"CASE {' '.join(field_cases)} END" if field_cases else "NULL"
     reason_sql = f"CASE {' '.join(reason_cases)} END" if reason_cases else "NULL"
-    if source == "json_rows":
-        record = "(SELECT json FROM json_lines j WHERE j._row = src._row)"
-    else:
-        record = "to_json({" + ", ".join(f"{sql_literal(n)}: src.\"{n}\"" for n in actual.values()) + "})"
-    con.execute(f"CREATE OR REPLACE TEMP TABLE checked AS SELECT src._row AS _row, {field_sql} AS _field, "
-                f"{reason_sql} AS _reason, {', '.join(typed_cols)} FROM {source} AS src")
-    # In file order without a sort: DuckDB keeps insertion order.
-    valid = con.execute("SELECT * EXCLUDE (_field, _reason) FROM checked WHERE _reason IS NULL").fetch_arrow_table()
-    bad_rows = con.execute(f"SELECT c._row, c._field, c._reason, {record.replace('src._row', 'c._row')} "
-                           f"FROM checked c JOIN {source} src ON src._row = c._row "
-                           "WHERE c._reason IS NOT NULL ORDER BY c._row").fetchall()
-    bad = [{"row_number": row, "field": field_name, "reason": reason, "record": rec}
-           for row, field_name, reason, rec in bad_rows]
+    # One pass: typed values and the first broken rule of every row; bad rows are split off in Arrow.
+    checked = con.execute(f"SELECT src._row AS _row, {field_sql} AS _field, {reason_sql} AS _reason, "
+                          f"{', '.join(typed_cols)} FROM {source} AS src").fetch_arrow_table()
+    failed = pc.is_valid(checked["_reason"])
+    bad_rows = checked.filter(failed).select(["_row", "_field", "_reason"]).to_pylist()
+    valid = (checked.filter(pc.invert(failed)) if bad_rows else checked).drop_columns(["_field", "_reason"])
+    records = {}
+    if bad_rows:
+        if source == "json_rows":
+            record, origin = "src.json", "json_lines"
+        else:
+            record, origin = "to_json({" + ", ".join(f"{sql_literal(n)}: src.\"{n}\"" for n in actual.values()) + "})", source
+        records = dict(con.execute(f"SELECT src._row, {record} FROM {origin} AS src WHERE src._row IN "
+                                   f"(SELECT unnest(?))", [[r["_row"] for r in bad_rows]]).fetchall())
+    bad = [{"row_number": r["_row"], "field": r["_field"], "reason": r["_reason"], "record": records.get(r["_row"])}
+           for r in bad_rows]
     return valid, bad
 
 

@@ -170,7 +170,9 @@ class Storage:
                     out.write(source)
                     size = len(source)
                 else:
-                    while chunk := source.read(CHUNK):
+                    # pyarrow streams hand out their buffers without a copy into Python bytes.
+                    read = getattr(source, "read_buffer", source.read)
+                    while len(chunk := read(CHUNK)):
                         digest.update(chunk)
                         out.write(chunk)
                         size += len(chunk)

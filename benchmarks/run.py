@@ -52,13 +52,12 @@ def main(argv: list[str] | None = None) -> int:
                 verdict = {True: "met", False: "NOT met", None: "reference"}[row["met"]]
                 print(f"  {verdict}: {row['ratios']} (goal {row['goal']})", flush=True)
             print(f"  scenario {number} took {time.perf_counter() - t0:.0f} s", flush=True)
+            if not args.quick:  # after each scenario: a later failure keeps what was measured
+                write_page({number: rows[number]})
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    if args.quick:
-        print(f"quick run finished in {time.perf_counter() - started:.0f} s (results not written)")
-        return 0
-    write_page(rows)
-    print(f"wrote {DOCS / 'benchmarks.md'} in {time.perf_counter() - started:.0f} s")
+    print(f"{'quick run (results not written)' if args.quick else 'wrote ' + str(DOCS / 'benchmarks.md')} "
+          f"in {time.perf_counter() - started:.0f} s")
     return 0
 
 

@@ -277,8 +277,9 @@ def read_raw_file(lake: Lake, spec: DatasetSpec, raw_key: str, con: duckdb.DuckD
     path = lake.raw.duckdb_path(raw_key)
     fmt = spec.source.format
     try:
+        rows = None  # the file's rows as Arrow, when read that way
         if fmt == "csv":
-            source, rejected = _read_csv(lake.raw, spec, raw_key, path, con)
+            source, rejected, rows = _read_csv(lake.raw, spec, raw_key, path, con)
         elif fmt == "jsonl":
             source, rejected = _read_jsonl(spec, path, con), []
         else:
@@ -290,7 +291,7 @@ def read_raw_file(lake: Lake, spec: DatasetSpec, raw_key: str, con: duckdb.DuckD
         raise IngestError(f"{spec.key}: {raw_key}: cannot read {fmt}: {_first_line(exc)}") from None
     new_columns = _check_columns(spec, raw_key, names)
     try:
-        valid, bad = _type_and_validate(spec, source, names, new_columns, con)
+        valid, bad = _type_and_validate(spec, source, names, new_columns, con, rows)
     except duckdb.Error as exc:
         raise IngestError(f"{spec.key}: {raw_key}: cannot read {fmt}: {_first_line(exc)}") from None
     finally:
@@ -322,8 +323,9 @@ def _read_csv(storage: Storage, spec: DatasetSpec, raw_key: str, path: str, con:
         raise IngestError(f"{spec.key}: {raw_key}: header row {header!r} is empty or has duplicate names", "header")
     rows = _read_csv_arrow(storage, spec, raw_key, names)
     if rows is not None:
-        con.register("csv_arrow", rows.append_column("_row", pa.array(np.arange(1, rows.num_rows + 1))))
-        return "csv_arrow", []
+        rows = rows.append_column("_row", pa.array(np.arange(1, rows.num_rows + 1)))
+        con.register("csv_arrow", rows)
+        return "csv_arrow", [], rows
     columns = "{" + ", ".join(f"'{_escape(n)}': 'VARCHAR'" for n in names) + "}"
     nulls = "[" + ", ".join(sql_literal(v) for v in opts.null_values) + "]"
     q = sql_literal(opts.quote_char)
@@ -340,29 +342,45 @@ def _read_csv(storage: Storage, spec: DatasetSpec, raw_key: str, path: str, con:
     first_per_line = {line: (message, raw_line) for line, _, message, raw_line in reversed(rejects)}
     rejected = [{"row_number": line, "field": "", "reason": f"malformed CSV row: {message}", "record": raw_line}
                 for line, (message, raw_line) in sorted(first_per_line.items())]
-    return _numbered(con, "csv_raw", "csv_rows"), rejected
+    return _numbered(con, "csv_raw", "csv_rows"), rejected, None
+
+
+# Types pyarrow's CSV reader parses no more leniently than DuckDB's TRY_CAST, so reading a column
+# typed gives the values SQL validation would (a value it cannot parse sends the file to the text read).
+ARROW_PARSED_TYPES = ("int", "float", "date", "timestamp", "decimal")
 
 
 def _read_csv_arrow(storage: Storage, spec: DatasetSpec, raw_key: str, names: list[str]) -> pa.Table | None:
-    """The file's rows as text columns, or None if any row does not parse as a well-formed record."""
+    """The file's rows in one multi-threaded pass: spec columns typed where pyarrow parses them as
+    DuckDB would, the rest as text; if a value does not parse, every column as text (validation
+    then says which rows are bad). None if a row is not a well-formed record."""
     opts = spec.source.csv
+    declared = {c.name: c for c in spec.columns}
+    typed = {n: arrow_type(declared[n]) for n in names
+             if n in declared and declared[n].type.split("(")[0] in ARROW_PARSED_TYPES}
     malformed = []
 
     def skip(row) -> str:
         malformed.append(row)
         return "skip"
 
-    try:
-        with storage.open(raw_key) as f:
-            rows = pa_csv.read_csv(
-                f, read_options=pa_csv.ReadOptions(column_names=names, skip_rows=1, encoding=opts.encoding),
-                parse_options=pa_csv.ParseOptions(delimiter=opts.delimiter, quote_char=opts.quote_char,
-                                                  double_quote=True, invalid_row_handler=skip),
-                convert_options=pa_csv.ConvertOptions(column_types={n: pa.string() for n in names},
-                                                      null_values=opts.null_values, strings_can_be_null=True))
-    except (pa.ArrowInvalid, UnicodeError):
-        return None
-    return None if malformed else rows
+    for types in ([typed, {}] if typed else [{}]):
+        try:
+            with storage.open(raw_key) as f:
+                rows = pa_csv.read_csv(
+                    f, read_options=pa_csv.ReadOptions(column_names=names, skip_rows=1, encoding=opts.encoding),
+                    parse_options=pa_csv.ParseOptions(delimiter=opts.delimiter, quote_char=opts.quote_char,
+                                                      double_quote=True, invalid_row_handler=skip),
+                    convert_options=pa_csv.ConvertOptions(column_types={n: types.get(n, pa.string()) for n in names},
+                                                          null_values=opts.null_values, strings_can_be_null=True))
+        except pa.ArrowInvalid as exc:
+            if malformed or "CSV conversion error" not in str(exc):
+                return None
+            continue  # a value of a typed column does not parse: read as text
+        except UnicodeError:
+            return None
+        return None if malformed else rows
+    return None
 
 
 def _numbered(con: duckdb.DuckDBPyConnection, table: str, view: str) -> str:
@@ -437,8 +455,10 @@ def column_checks(column: Column, src: str, typed: str) -> list[tuple[str, str]]
 
 
 def _type_and_validate(spec: DatasetSpec, source: str, names: list[str], new_columns: list[str],
-                       con: duckdb.DuckDBPyConnection) -> tuple[pa.Table, list[dict]]:
-    """Cast every column with TRY_CAST and evaluate the spec's rules in one vectorised pass."""
+                       con: duckdb.DuckDBPyConnection, rows: pa.Table | None = None) -> tuple[pa.Table, list[dict]]:
+    """Cast every column with TRY_CAST and evaluate the spec's rules in one vectorised pass. When
+    `rows` (the source as Arrow) already has every column in its spec type, SQL only finds the
+    broken rules and the values stay in Arrow, uncopied."""
     actual = {n.lower(): n for n in names if n != "_row"}
     typed_cols, field_cases, reason_cases = [], [], []
     cdc = _cdc_expressions(spec, actual) if spec.load_mode == "cdc" else {}
@@ -470,8 +490,19 @@ def _type_and_validate(spec: DatasetSpec, source: str, names: list[str], new_col
     field_sql = f"CASE {' '.join(field_cases)} END" if field_cases else "NULL"
     reason_sql = f"CASE {' '.join(reason_cases)} END" if reason_cases else "NULL"
     # One pass: typed values and the first broken rule of every row; bad rows are split off in Arrow.
-    checked = con.execute(f"SELECT src._row AS _row, {field_sql} AS _field, {reason_sql} AS _reason, "
-                          f"{', '.join(typed_cols)} FROM {source} AS src").fetch_arrow_table()
+    already_typed = rows is not None and not cdc and all(
+        c.name not in actual or rows.schema.field(actual[c.name]).type == arrow_type(c) for c in spec.columns)
+    if already_typed:
+        verdicts = con.execute(f"SELECT src._row AS _row, {field_sql} AS _field, {reason_sql} AS _reason "
+                               f"FROM {source} AS src").fetch_arrow_table().sort_by("_row")
+        columns = {"_row": rows["_row"], "_field": verdicts["_field"], "_reason": verdicts["_reason"]}
+        for c in spec.columns:
+            columns[c.name] = rows[actual[c.name]] if c.name in actual else pa.nulls(rows.num_rows, arrow_type(c))
+        columns |= {n: rows[actual[n]] for n in new_columns}
+        checked = pa.table(columns)
+    else:
+        checked = con.execute(f"SELECT src._row AS _row, {field_sql} AS _field, {reason_sql} AS _reason, "
+                              f"{', '.join(typed_cols)} FROM {source} AS src").fetch_arrow_table()
     failed = pc.is_valid(checked["_reason"])
     bad_rows = checked.filter(failed).select(["_row", "_field", "_reason"]).to_pylist()
     valid = (checked.filter(pc.invert(failed)) if bad_rows else checked).drop_columns(["_field", "_reason"])
@@ -574,10 +605,11 @@ def stage(lake: Lake, spec: DatasetSpec, batches: date | list[date] | None = Non
             data = conform(staged, table.schema().as_arrow())
             new_files += write_slices(table, partition_slices(table, data))
             report.rows_staged += data.num_rows
-            report.preview = data.slice(0, 10) if report.preview is None else report.preview
+            if report.preview is None:  # a copy: a slice would keep the whole file's buffers alive
+                report.preview = data.take(pa.array(np.arange(min(10, data.num_rows))))
             rejected += [row | {"raw_key": f["raw_key"], "batch_date": f["batch_date"]} for row in read.rejected]
             rejected += duplicates
-            read.valid = read.valid.slice(0, 0)  # written: memory holds one file's rows at a time
+            read.valid = read.valid.schema.empty_table()  # written: memory holds one file's rows at a time
             reads.append((read, f))
     finally:
         con.close()

@@ -36,7 +36,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     chosen = args.scenario or sorted(SCENARIOS)
     repetitions = 1 if args.quick else args.repetitions
-    rows: dict[str, list[dict]] = {}
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="quayside-bench-"))
     try:
@@ -47,13 +46,13 @@ def main(argv: list[str] | None = None) -> int:
             result = module.run(args.data, work, quick=args.quick, repetitions=repetitions)
             plots = work if args.quick else DOCS / "benchmarks"  # a smoke run leaves the page alone
             plots.mkdir(parents=True, exist_ok=True)
-            rows[number] = [asdict(r) for r in module.report(result, plots)]
-            for row in rows[number]:
+            rows = [asdict(r) for r in module.report(result, plots)]
+            for row in rows:
                 verdict = {True: "met", False: "NOT met", None: "reference"}[row["met"]]
                 print(f"  {verdict}: {row['ratios']} (goal {row['goal']})", flush=True)
             print(f"  scenario {number} took {time.perf_counter() - t0:.0f} s", flush=True)
             if not args.quick:  # after each scenario: a later failure keeps what was measured
-                write_page({number: rows[number]})
+                write_page({number: rows})
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"{'quick run (results not written)' if args.quick else 'wrote ' + str(DOCS / 'benchmarks.md')} "

@@ -156,8 +156,7 @@ def seed_table(url: str, spec: DatasetSpec, rows: list[dict]) -> None:
     sql_types = {"string": "text", "int": "bigint", "float": "double precision", "bool": "boolean", "date": "date",
                  "timestamp": "timestamp", "timestamptz": "timestamptz"}
     columns = [c.name for c in spec.columns]
-    dsn = url.replace("postgresql+psycopg", "postgresql").replace("@", f":{SECRETS['db']}@", 1)
-    with psycopg.connect(dsn, autocommit=True) as con:
+    with psycopg.connect(local_servers.libpq_url(url, SECRETS["db"]), autocommit=True) as con:
         con.execute("CREATE SCHEMA casework")
         con.execute(f"CREATE TABLE casework.{spec.name} ("
                     + ", ".join(f"{c.name} {sql_types.get(c.type, 'numeric')}" for c in spec.columns)

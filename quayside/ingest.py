@@ -309,8 +309,9 @@ def _first_line(exc: Exception) -> str:
 
 
 def _read_csv(storage: Storage, spec: DatasetSpec, raw_key: str, path: str, con: duckdb.DuckDBPyConnection):
-    """Every column as text, for validation in SQL. pyarrow's multi-threaded reader first; a file
-    it cannot parse cleanly (a ragged row, a bad quote) is read again by DuckDB, which names each
+    """The file's rows for validation in SQL: (relation name, rejected lines, the rows as Arrow or
+    None). pyarrow's multi-threaded reader first (see `_read_csv_arrow`); a file it cannot parse
+    cleanly (a ragged row, a bad quote) is read again by DuckDB as text, which names each
     malformed line."""
     opts = spec.source.csv
     if not opts.header:

@@ -155,6 +155,11 @@ def postgres(password: str) -> Iterator[str]:
         shutil.rmtree(home, ignore_errors=True)
 
 
+def libpq_url(url: str, password: str) -> str:
+    """A `postgres()` SQLAlchemy URL as psycopg/libpq takes it, with the password."""
+    return url.replace("postgresql+psycopg://", "postgresql://").replace("@", f":{password}@", 1)
+
+
 class JsonApi:
     """State of a `json_api` server: its records per path, and faults to answer the next requests
     with (an HTTP status, optionally with headers, or ('sleep', seconds) for a slow answer)."""

@@ -33,8 +33,7 @@ def pg():
 
 
 def pg_connect(url: str) -> psycopg.Connection:
-    return psycopg.connect(url.replace("postgresql+psycopg", "postgresql").replace("quayside@", f"quayside:{DB_PASSWORD}@"),
-                           autocommit=True)
+    return psycopg.connect(local_servers.libpq_url(url, DB_PASSWORD), autocommit=True)
 
 
 def case_row(i: int, updated_at: datetime, status: str = "received") -> tuple:

@@ -19,7 +19,8 @@ import re
 import time
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from pathlib import PurePosixPath
@@ -29,8 +30,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression, EqualTo, In
+from pyiceberg.manifest import DataFile
 from pyiceberg.table import Table
 
 from quayside.iceberg_files import partition_slices, replace_rows_with_files, write_slices
@@ -258,7 +261,8 @@ def _after_ingest(source: Storage, spec: DatasetSpec, key: str) -> None:
 # --- 2. raw → typed rows ----------------------------------------------------------------
 @dataclass
 class FileRead:
-    """One raw file read against its spec: good rows, rejected rows, new (drifted) columns."""
+    """One raw file, or a chunk of one, read against its spec: good rows, rejected rows, new
+    (drifted) columns."""
 
     raw_key: str
     rows_in: int
@@ -267,37 +271,76 @@ class FileRead:
     new_columns: list[str] = field(default_factory=list)
 
 
-def read_raw_file(lake: Lake, spec: DatasetSpec, raw_key: str, con: duckdb.DuckDBPyConnection) -> FileRead:
-    """Read, type and validate one raw file. Raises IngestError when the whole file is unusable."""
+class MalformedCsv(Exception):
+    """pyarrow met a row that is not a well-formed record: read the file again with
+    `name_malformed_lines`, so that DuckDB's reader names each malformed line."""
+
+
+# A CSV file is read, validated and written this much (of Arrow data) at a time: memory holds one
+# chunk's rows whatever the file's size.
+CSV_CHUNK_BYTES = 64 << 20
+# pyarrow's streaming reader reads up to 32 blocks ahead of the consumer: small blocks keep that
+# buffer at 32 MB (with 64 MB blocks it held 2 GB of a 2 GB file).
+CSV_BLOCK_BYTES = 1 << 20
+
+
+def read_raw_file(lake: Lake, spec: DatasetSpec, raw_key: str, con: duckdb.DuckDBPyConnection,
+                  name_malformed_lines: bool = False) -> Iterator[FileRead]:
+    """Read, type and validate one raw file, a chunk at a time: CSV is streamed in chunks of
+    `CSV_CHUNK_BYTES`, other formats (and CSV read by DuckDB) come as one chunk. Raises
+    IngestError when the whole file is unusable, MalformedCsv (possibly after some chunks) when
+    pyarrow finds a malformed CSV row."""
     info = lake.raw.info(raw_key)
     if info is None:
         raise IngestError(f"{spec.key}: raw file {raw_key!r} is missing")
     if info.size == 0:
         raise IngestError(f"{spec.key}: {raw_key}: empty file (0 bytes)")
-    path = lake.raw.duckdb_path(raw_key)
     fmt = spec.source.format
+    if fmt == "csv":
+        names = _csv_header(lake.raw, spec, raw_key)
+        new_columns = _check_columns(spec, raw_key, names)
+        if not name_malformed_lines:
+            for chunk in _csv_chunks(lake.raw, spec, raw_key, names):
+                con.register("csv_chunk", chunk)
+                try:
+                    yield _validated(spec, raw_key, "csv_chunk", names, new_columns, con, chunk, [])
+                finally:
+                    con.unregister("csv_chunk")  # free the chunk's buffers before the next one
+            return
+    path = lake.raw.duckdb_path(raw_key)
     try:
-        rows = None  # the file's rows as Arrow, when read that way
+        rejected = []
         if fmt == "csv":
-            source, rejected, rows = _read_csv(lake.raw, spec, raw_key, path, con)
+            source, rejected = _read_csv_duckdb(spec, raw_key, path, names, con)
         elif fmt == "jsonl":
-            source, rejected = _read_jsonl(spec, path, con), []
+            source = _read_jsonl(spec, path, con)
         else:
             con.execute(f"CREATE OR REPLACE TEMP TABLE parquet_raw AS "
                         f"SELECT * FROM read_parquet('{_escape(path)}', hive_partitioning=false)")
-            source, rejected = _numbered(con, "parquet_raw", "parquet_rows"), []
+            source = _numbered(con, "parquet_raw", "parquet_rows")
         names = [name for name, *_ in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()]
     except duckdb.Error as exc:
         raise IngestError(f"{spec.key}: {raw_key}: cannot read {fmt}: {_first_line(exc)}") from None
-    new_columns = _check_columns(spec, raw_key, names)
+    yield _validated(spec, raw_key, source, names, _check_columns(spec, raw_key, names), con, None, rejected)
+
+
+def read_whole_file(lake: Lake, spec: DatasetSpec, raw_key: str, con: duckdb.DuckDBPyConnection) -> FileRead:
+    """All of one file's rows at once (a CDC batch is merged as a whole)."""
+    try:
+        chunks = list(read_raw_file(lake, spec, raw_key, con))
+    except MalformedCsv:
+        chunks = list(read_raw_file(lake, spec, raw_key, con, name_malformed_lines=True))
+    return FileRead(raw_key, sum(c.rows_in for c in chunks), pa.concat_tables(c.valid for c in chunks),
+                    [row for c in chunks for row in c.rejected], chunks[0].new_columns)
+
+
+def _validated(spec: DatasetSpec, raw_key: str, source: str, names: list[str], new_columns: list[str],
+               con: duckdb.DuckDBPyConnection, rows: pa.Table | None, rejected: list[dict]) -> FileRead:
     try:
         valid, bad = _type_and_validate(spec, source, names, new_columns, con, rows)
     except duckdb.Error as exc:
-        raise IngestError(f"{spec.key}: {raw_key}: cannot read {fmt}: {_first_line(exc)}") from None
-    finally:
-        con.unregister("csv_arrow")  # the file's text columns: free them before the next file
-    rows_in = valid.num_rows + len(bad) + len(rejected)
-    return FileRead(raw_key, rows_in, valid, rejected + bad, new_columns)
+        raise IngestError(f"{spec.key}: {raw_key}: cannot read {spec.source.format}: {_first_line(exc)}") from None
+    return FileRead(raw_key, valid.num_rows + len(bad) + len(rejected), valid, rejected + bad, new_columns)
 
 
 def _escape(text: str) -> str:
@@ -308,11 +351,8 @@ def _first_line(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0][:300]
 
 
-def _read_csv(storage: Storage, spec: DatasetSpec, raw_key: str, path: str, con: duckdb.DuckDBPyConnection):
-    """The file's rows for validation in SQL: (relation name, rejected lines, the rows as Arrow or
-    None). pyarrow's multi-threaded reader first (see `_read_csv_arrow`); a file it cannot parse
-    cleanly (a ragged row, a bad quote) is read again by DuckDB as text, which names each
-    malformed line."""
+def _csv_header(storage: Storage, spec: DatasetSpec, raw_key: str) -> list[str]:
+    """The header's column names, lower case."""
     opts = spec.source.csv
     if not opts.header:
         raise IngestError(f"{spec.key}: {raw_key}: CSV without a header row is not supported", "source.csv.header")
@@ -322,11 +362,14 @@ def _read_csv(storage: Storage, spec: DatasetSpec, raw_key: str, path: str, con:
     names = [h.strip().lower() for h in header]
     if not names or len(set(names)) != len(names) or not all(names):
         raise IngestError(f"{spec.key}: {raw_key}: header row {header!r} is empty or has duplicate names", "header")
-    rows = _read_csv_arrow(storage, spec, raw_key, names)
-    if rows is not None:
-        rows = rows.append_column("_row", pa.array(np.arange(1, rows.num_rows + 1)))
-        con.register("csv_arrow", rows)
-        return "csv_arrow", [], rows
+    return names
+
+
+def _read_csv_duckdb(spec: DatasetSpec, raw_key: str, path: str, names: list[str],
+                     con: duckdb.DuckDBPyConnection) -> tuple[str, list[dict]]:
+    """The whole file as text by DuckDB's reader, which names each malformed line: (relation
+    name, the malformed lines as rejected rows)."""
+    opts = spec.source.csv
     columns = "{" + ", ".join(f"'{_escape(n)}': 'VARCHAR'" for n in names) + "}"
     nulls = "[" + ", ".join(sql_literal(v) for v in opts.null_values) + "]"
     q = sql_literal(opts.quote_char)
@@ -343,18 +386,19 @@ def _read_csv(storage: Storage, spec: DatasetSpec, raw_key: str, path: str, con:
     first_per_line = {line: (message, raw_line) for line, _, message, raw_line in reversed(rejects)}
     rejected = [{"row_number": line, "field": "", "reason": f"malformed CSV row: {message}", "record": raw_line}
                 for line, (message, raw_line) in sorted(first_per_line.items())]
-    return _numbered(con, "csv_raw", "csv_rows"), rejected, None
+    return _numbered(con, "csv_raw", "csv_rows"), rejected
 
 
 # Types pyarrow's CSV reader parses no more leniently than DuckDB's TRY_CAST, so reading a column
-# typed gives the values SQL validation would (a value it cannot parse sends the file to the text read).
+# typed gives the values SQL validation would (a value it cannot parse switches the read to text).
 ARROW_PARSED_TYPES = ("int", "float", "date", "timestamp", "decimal")
 
 
-def _read_csv_arrow(storage: Storage, spec: DatasetSpec, raw_key: str, names: list[str]) -> pa.Table | None:
-    """The file's rows in one multi-threaded pass: spec columns typed where pyarrow parses them as
-    DuckDB would, the rest as text; if a value does not parse, every column as text (validation
-    then says which rows are bad). None if a row is not a well-formed record."""
+def _csv_chunks(storage: Storage, spec: DatasetSpec, raw_key: str, names: list[str]) -> Iterator[pa.Table]:
+    """The file's rows, with `_row` (the row's number in the file), a chunk at a time from
+    pyarrow's multi-threaded streaming reader: spec columns typed where pyarrow parses them as
+    DuckDB would, the rest as text. From a value that does not parse on, the file is read as text
+    (validation then says which rows are bad; the rows before it read the same either way)."""
     opts = spec.source.csv
     declared = {c.name: c for c in spec.columns}
     typed = {n: arrow_type(declared[n]) for n in names
@@ -365,23 +409,55 @@ def _read_csv_arrow(storage: Storage, spec: DatasetSpec, raw_key: str, names: li
         malformed.append(row)
         return "skip"
 
+    done = 0  # rows yielded so far
     for types in ([typed, {}] if typed else [{}]):
+        column_types = {n: types.get(n, pa.string()) for n in names}
         try:
             with storage.open(raw_key) as f:
-                rows = pa_csv.read_csv(
-                    f, read_options=pa_csv.ReadOptions(column_names=names, skip_rows=1, encoding=opts.encoding),
+                reader = pa_csv.open_csv(
+                    f, read_options=pa_csv.ReadOptions(column_names=names, skip_rows=1, encoding=opts.encoding,
+                                                       block_size=CSV_BLOCK_BYTES),
                     parse_options=pa_csv.ParseOptions(delimiter=opts.delimiter, quote_char=opts.quote_char,
                                                       double_quote=True, invalid_row_handler=skip),
-                    convert_options=pa_csv.ConvertOptions(column_types={n: types.get(n, pa.string()) for n in names},
-                                                          null_values=opts.null_values, strings_can_be_null=True))
+                    convert_options=pa_csv.ConvertOptions(column_types=column_types, null_values=opts.null_values,
+                                                          strings_can_be_null=True))
+                read = 0  # rows of this pass, including those yielded by the typed pass
+                for batches in _chunked(reader):
+                    if malformed:
+                        raise MalformedCsv(raw_key)
+                    rows = pa.Table.from_batches(batches, reader.schema)
+                    fresh = rows.slice(min(rows.num_rows, max(0, done - read)))
+                    read += rows.num_rows
+                    if fresh.num_rows:
+                        yield _numbered_chunk(fresh, done)
+                        done += fresh.num_rows
+            if malformed:
+                raise MalformedCsv(raw_key)
+            if not done:  # a header and no rows
+                yield _numbered_chunk(pa.schema(list(column_types.items())).empty_table(), 0)
+            return
         except pa.ArrowInvalid as exc:
-            if malformed or "CSV conversion error" not in str(exc):
-                return None
-            continue  # a value of a typed column does not parse: read as text
+            if malformed or "CSV conversion error" not in str(exc) or not types:
+                raise MalformedCsv(raw_key) from None
         except UnicodeError:
-            return None
-        return None if malformed else rows
-    return None
+            raise MalformedCsv(raw_key) from None
+
+
+def _chunked(reader: pa.RecordBatchReader) -> Iterator[list[pa.RecordBatch]]:
+    """The reader's batches in lists of about CSV_CHUNK_BYTES."""
+    chunk, size = [], 0
+    for batch in reader:
+        chunk.append(batch)
+        size += batch.nbytes
+        if size >= CSV_CHUNK_BYTES:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+def _numbered_chunk(rows: pa.Table, first: int) -> pa.Table:
+    return rows.append_column("_row", pa.array(np.arange(first + 1, first + rows.num_rows + 1)))
 
 
 def _numbered(con: duckdb.DuckDBPyConnection, table: str, view: str) -> str:
@@ -575,8 +651,8 @@ def files_for_batches(lake: Lake, spec: DatasetSpec, batch_dates: list[date] | N
 def stage(lake: Lake, spec: DatasetSpec, batches: date | list[date] | None = None, run_id: str = "") -> StageReport:
     """Build the staged table (or some daily batches of it) from the raw zone; idempotent.
 
-    Files are read, validated and written to Iceberg data files one at a time, so memory holds
-    one file's rows whatever the batch's size; the batch (a day, a backfill range, or everything)
+    Files are read, validated and written to Iceberg data files a chunk at a time, so memory
+    holds one chunk's rows whatever the file's or the batch's size; the batch (a day, a backfill range, or everything)
     is then replaced in one commit.
     """
     if spec.load_mode == "cdc":
@@ -588,38 +664,24 @@ def stage(lake: Lake, spec: DatasetSpec, batches: date | list[date] | None = Non
     table = _staged_table(lake, spec)  # exists (empty) so that checks and queries see the dataset
     if not files:
         return report  # staged rows only ever come from raw files, so a batch without any has none
-    reads, rejected, new_files = [], [], []
-    seen = _SeenKeys(spec)
+    reads, writer = [], _BatchWriter(lake, spec, table)
     con = lake.connect(views=False)
     try:
         for f in files:
             try:
-                read = read_raw_file(lake, spec, f["raw_key"], con)
+                reads.append((writer.add_file(f, con), f))
             except IngestError as exc:
                 report.quarantined_files.append(_quarantine_file(lake, spec, f, exc, run_id))
-                continue
-            staged, duplicates = seen.split(_with_lineage(read.valid, f))
-            if read.new_columns:
-                with table.update_schema() as update:
-                    update.union_by_name(staged.schema.remove(staged.schema.get_field_index("_row")))
-                table = lake.load_table(spec.staged_namespace, spec.name)
-            data = conform(staged, table.schema().as_arrow())
-            new_files += write_slices(table, partition_slices(table, data))
-            report.rows_staged += data.num_rows
-            if report.preview is None:  # a copy: a slice would keep the whole file's buffers alive
-                report.preview = data.take(pa.array(np.arange(min(10, data.num_rows))))
-            rejected += [row | {"raw_key": f["raw_key"], "batch_date": f["batch_date"]} for row in read.rejected]
-            rejected += duplicates
-            read.valid = read.valid.schema.empty_table()  # written: memory holds one file's rows at a time
-            reads.append((read, f))
     finally:
         con.close()
-        seen.close()
+        writer.close()
+    report.rows_staged, report.preview = writer.rows_staged, writer.preview
     report.rows_in = sum(r.rows_in for r, _ in reads)
     report.new_columns = sorted({c for r, _ in reads for c in r.new_columns})
     where = In("_batch_date", days) if spec.daily_partitioned else AlwaysTrue()
-    retry_commit(lambda: replace_rows_with_files(lake.load_table(spec.staged_namespace, spec.name), where, new_files))
-    _record(lake, spec, report, reads, rejected, run_id)
+    retry_commit(lambda: replace_rows_with_files(lake.load_table(spec.staged_namespace, spec.name), where,
+                                                 writer.data_files))
+    _record(lake, spec, report, reads, writer.rejected, run_id)
     return report
 
 
@@ -658,7 +720,7 @@ def _read_files(lake: Lake, spec: DatasetSpec, files: list[dict], report: StageR
     try:
         for f in files:
             try:
-                reads.append((read_raw_file(lake, spec, f["raw_key"], con), f))
+                reads.append((read_whole_file(lake, spec, f["raw_key"], con), f))
             except IngestError as exc:
                 report.quarantined_files.append(_quarantine_file(lake, spec, f, exc, run_id))
     finally:
@@ -701,40 +763,141 @@ def conform(data: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
+class _BatchWriter:
+    """Writes a batch's rows to Iceberg data files as they are read, chunk by chunk, for one
+    commit at the end. A file that fails midway leaves nothing behind: its data files are
+    deleted and its keys forgotten."""
+
+    def __init__(self, lake: Lake, spec: DatasetSpec, table: Table):
+        self.lake, self.spec, self.table = lake, spec, table
+        self.seen = _SeenKeys(spec)
+        self.data_files: list[DataFile] = []
+        self.rejected: list[dict] = []
+        self.rows_staged = 0
+        self.preview: pa.Table | None = None
+
+    def add_file(self, f: dict, con: duckdb.DuckDBPyConnection) -> FileRead:
+        """Stage one raw file; returns its totals (rows in, rejected rows, new columns)."""
+        # closing(): a file abandoned midway releases its chunk before the connection goes
+        try:
+            with closing(read_raw_file(self.lake, self.spec, f["raw_key"], con)) as chunks:
+                return self._add_chunks(f, chunks)
+        except MalformedCsv:
+            with closing(read_raw_file(self.lake, self.spec, f["raw_key"], con, name_malformed_lines=True)) as chunks:
+                return self._add_chunks(f, chunks)
+
+    def _add_chunks(self, f: dict, chunks: Iterable[FileRead]) -> FileRead:
+        totals = FileRead(f["raw_key"], 0, pa.table({}), [])
+        written, rejected, rows_staged = [], [], 0
+        self.seen.begin()
+        try:
+            for read in chunks:
+                staged, duplicates = self.seen.split(_with_lineage(read.valid, f),
+                                                     lambda: self._keys_in(self.data_files + written))
+                if read.new_columns and not totals.new_columns:
+                    with self.table.update_schema() as update:
+                        update.union_by_name(staged.schema.remove(staged.schema.get_field_index("_row")))
+                    self.table = self.lake.load_table(self.spec.staged_namespace, self.spec.name)
+                data = conform(staged, self.table.schema().as_arrow())
+                written += write_slices(self.table, partition_slices(self.table, data))
+                rows_staged += data.num_rows
+                if self.preview is None and data.num_rows:  # a copy: a slice would keep the chunk's buffers alive
+                    self.preview = data.take(pa.array(np.arange(min(10, data.num_rows))))
+                rejected += [row | {"raw_key": f["raw_key"], "batch_date": f["batch_date"]} for row in read.rejected]
+                rejected += duplicates
+                totals.rows_in += read.rows_in
+                totals.new_columns = read.new_columns
+        except BaseException:
+            self.seen.rollback()
+            for data_file in written:
+                self.table.io.delete(data_file.file_path)
+            raise
+        self.data_files += written
+        self.rejected += rejected
+        self.rows_staged += rows_staged
+        return totals
+
+    def _keys_in(self, data_files: list[DataFile]) -> pa.Table:
+        keys = self.spec.primary_key
+        return pa.concat_tables([pq.read_table(self.table.io.new_input(f.file_path).open(), columns=keys)
+                                 for f in data_files]) if data_files else pa.table({k: [] for k in keys})
+
+    def close(self) -> None:
+        self.seen.close()
+
+
 class _SeenKeys:
-    """Primary keys staged so far in this batch (keys only, in DuckDB): a key's second appearance,
-    later in the same file or in a later file, goes to quarantine."""
+    """Primary keys staged so far in this batch: a key's second appearance, later in the same file
+    or in a later file, goes to quarantine.
+
+    Only 64-bit key hashes are kept (8 bytes a row), in sorted runs each at least twice the size
+    of the next, so a chunk costs a few binary searches and each hash is merged O(log n) times.
+    A hash seen before is checked exactly against the keys actually written (`earlier`), which
+    happens only for real duplicates (or a 1-in-2^64 collision).
+    """
 
     def __init__(self, spec: DatasetSpec):
         self.spec = spec
         self.con = duckdb.connect() if spec.primary_key else None
         self.keys = ", ".join(f'"{k}"' for k in spec.primary_key)
+        self.runs: list[np.ndarray] = []
+        self.at_file_start = self.runs
 
-    def split(self, staged: pa.Table) -> tuple[pa.Table, list[dict]]:
+    # One file's keys are one transaction: a file that fails midway is forgotten.
+    def begin(self) -> None:
+        self.at_file_start = list(self.runs)
+
+    def rollback(self) -> None:
+        self.runs = self.at_file_start
+
+    def _add_run(self, ordered: np.ndarray) -> None:
+        self.runs.append(ordered)
+        while len(self.runs) > 1 and len(self.runs[-2]) <= 2 * len(self.runs[-1]):
+            newer, older = self.runs.pop(), self.runs.pop()
+            self.runs.append(np.sort(np.concatenate([older, newer]), kind="stable"))  # merges two sorted runs
+
+    def split(self, staged: pa.Table, earlier: Callable[[], pa.Table]) -> tuple[pa.Table, list[dict]]:
+        """(rows with new keys, quarantine rows of the rest); `earlier()` gives the key columns
+        of the rows staged so far."""
         if self.con is None or staged.num_rows == 0:
             return staged, []
-        index = pa.array(np.arange(staged.num_rows))
-        batch = staged.select(self.spec.primary_key).append_column("_i", index)
+        batch = staged.select(self.spec.primary_key).append_column("_i", pa.array(np.arange(staged.num_rows)))
         self.con.register("batch", batch)
-        self.con.execute(f"CREATE TABLE IF NOT EXISTS seen AS SELECT {self.keys} FROM batch LIMIT 0")
-        match = " AND ".join(f's."{k}" IS NOT DISTINCT FROM b."{k}"' for k in self.spec.primary_key)
-        dup_index = self.con.execute(
-            f"SELECT _i FROM (SELECT *, row_number() OVER (PARTITION BY {self.keys} ORDER BY _i) AS n FROM batch) b "
-            f"WHERE n > 1 OR EXISTS (SELECT 1 FROM seen s WHERE {match})").fetch_arrow_table()["_i"]
-        self.con.execute(f"INSERT INTO seen SELECT DISTINCT {self.keys} FROM batch")
+        hashes = self.con.execute(f"SELECT hash({self.keys}) AS h FROM batch").fetchnumpy()["h"]
+        order = np.argsort(hashes)
+        ordered = hashes[order]  # sorted needles: binary searches walk the runs in order, cache-friendly
+        found = np.zeros(len(ordered), bool)
+        for run in self.runs:
+            found |= run[np.searchsorted(run, ordered).clip(max=len(run) - 1)] == ordered
+        seen_before = np.empty_like(found)
+        seen_before[order] = found
+        repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+        maybe = seen_before | np.isin(hashes, repeated)
+        dup_index = np.empty(0, np.int64)
+        if maybe.any():  # confirm with the keys themselves
+            self.con.register("maybe", batch.filter(maybe))
+            self.con.register("earlier", earlier() if seen_before.any() else batch.schema.empty_table())
+            match = " AND ".join(f'e."{k}" IS NOT DISTINCT FROM b."{k}"' for k in self.spec.primary_key)
+            dup_index = self.con.execute(
+                f"SELECT _i FROM (SELECT *, row_number() OVER (PARTITION BY {self.keys} ORDER BY _i) AS n FROM maybe) b "
+                f"WHERE n > 1 OR EXISTS (SELECT 1 FROM earlier e WHERE {match})").fetchnumpy()["_i"]
+            self.con.unregister("maybe")
+            self.con.unregister("earlier")
         self.con.unregister("batch")
-        if len(dup_index) == 0:
+        keep = np.ones(len(hashes), bool)
+        keep[dup_index] = False
+        self._add_run(ordered if not len(dup_index) else np.sort(hashes[keep]))
+        if not len(dup_index):
             return staged, []
-        dup_mask = pc.is_in(index, value_set=dup_index.combine_chunks())
         rejected = []
-        for row in staged.filter(dup_mask).to_pylist():
+        for row in staged.filter(pa.array(~keep)).to_pylist():
             key = ", ".join(str(row[k]) for k in self.spec.primary_key)
             record = {k: v for k, v in row.items() if not k.startswith("_")}
             rejected.append({"raw_key": row["_source_file"], "batch_date": row["_batch_date"],
                              "row_number": row["_row"], "field": ",".join(self.spec.primary_key),
                              "reason": f"duplicate primary key ({key}) in this batch",
                              "record": json.dumps(record, default=str)})
-        return staged.filter(pc.invert(dup_mask)), rejected
+        return staged.filter(pa.array(keep)), rejected
 
     def close(self) -> None:
         if self.con is not None:

@@ -18,5 +18,5 @@ def test_make_bench_quick_run_of_the_side_by_side_scenarios():
     assert result.returncode == 0, result.stderr[-3000:]
     for contender in ("quayside", "dlt_iceberg", "dlt_parquet", "dagster_aws", "pyiceberg_upsert", "limit"):
         assert contender in result.stdout
-    for scenario in ("1", "3", "4"):
+    for scenario in ("1", "3", "4", "7"):
         assert f"scenario {scenario} took" in result.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from datetime import date, datetime
 
 import pyarrow as pa
@@ -224,6 +225,59 @@ def test_duplicate_primary_key_within_a_batch_is_quarantined(lake):
     assert (report.rows_staged, report.rows_quarantined) == (1, 1)
     (row,) = quarantined(lake)
     assert "duplicate primary key" in row["reason"] and row["row_number"] == 2
+
+
+def many_rows(count: int, bad: dict[int, bytes] | None = None) -> bytes:
+    """`count` rows with distinct keys; `bad` replaces the rows at those (1-based) numbers."""
+    rows = [b"2026-11-01,%s,%d,A\n" % (f"{chr(65 + i // 676)}{chr(65 + i // 26 % 26)}{chr(65 + i % 26)}".encode(), i)
+            for i in range(count)]
+    for number, line in (bad or {}).items():
+        rows[number - 1] = line
+    return HEADER + b"".join(rows)
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """CSV files are read in chunks of ~1 kB (a few dozen rows), as a multi-GB file is in 64 MB chunks."""
+    monkeypatch.setattr(ingest, "CSV_BLOCK_BYTES", 1024)
+    monkeypatch.setattr(ingest, "CSV_CHUNK_BYTES", 1024)
+
+
+def test_a_file_is_staged_in_chunks_with_file_row_numbers_and_duplicates_across_chunks(local_lake, small_chunks):
+    spec = population_spec()
+    deliver(local_lake, "pop_2026-11-01.csv", many_rows(2000, {1500: b"2026-11-01,ZZZ,-1,A\n",
+                                                             1900: b"2026-11-01,AAB,7,A\n"}))
+    report = run(local_lake, spec)
+    assert (report.rows_in, report.rows_staged, report.rows_quarantined) == (2000, 1998, 2)
+    reasons = {r["row_number"]: r["reason"] for r in quarantined(local_lake)}
+    assert reasons.keys() == {1500, 1900}  # numbered within the file, not within a chunk
+    assert "below the minimum" in reasons[1500] and "duplicate primary key" in reasons[1900]
+    table = local_lake.load_table(spec.staged_namespace, spec.name)
+    assert len(table.inspect.files()) > 10  # really written chunk by chunk
+
+
+def test_a_value_that_does_not_parse_late_in_a_file_reads_the_rest_as_text(local_lake, small_chunks):
+    spec = population_spec()
+    deliver(local_lake, "pop_2026-11-01.csv", many_rows(2000, {1700: b"2026-11-01,ZZZ,12x,A\n"}))
+    report = run(local_lake, spec)
+    assert (report.rows_in, report.rows_staged, report.rows_quarantined) == (2000, 1999, 1)
+    (row,) = quarantined(local_lake)
+    assert row["row_number"] == 1700 and "population: not a valid int: 12x" in row["reason"]
+    assert local_lake.connect().sql("SELECT count(DISTINCT establishment_code), sum(population) "
+                                    "FROM staged_prisons.population").fetchone() == (1999, sum(range(2000)) - 1699)
+
+
+def test_a_malformed_row_late_in_a_file_leaves_no_trace_of_the_chunks_already_written(local_lake, small_chunks):
+    spec = population_spec()
+    deliver(local_lake, "pop_2026-11-01.csv", many_rows(2000, {1800: b"2026-11-01,ZZZ\n"}))
+    report = run(local_lake, spec)
+    assert (report.rows_in, report.rows_staged, report.rows_quarantined) == (2000, 1999, 1)
+    (row,) = quarantined(local_lake)
+    assert row["row_number"] == 1801 and "malformed CSV row" in row["reason"]  # DuckDB counts the header line
+    table = local_lake.load_table(spec.staged_namespace, spec.name)
+    referenced = {Path(p).name for p in table.inspect.files()["file_path"].to_pylist()}
+    on_disk = {p.name for p in Path(table.location().removeprefix("file://"), "data").rglob("*.parquet")}
+    assert on_disk == referenced  # the abandoned first read's data files were deleted
 
 
 def test_after_ingest_delete_removes_landing_only_after_verified_copy(lake):

@@ -10,11 +10,11 @@ import uuid
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyiceberg.expressions import BooleanExpression
-from pyiceberg.io.pyarrow import bin_pack_arrow_table, write_file
+from pyiceberg.expressions import AlwaysTrue, BooleanExpression
+from pyiceberg.io.pyarrow import ArrowScan, bin_pack_arrow_table, write_file
 from pyiceberg.manifest import DataFile
 from pyiceberg.partitioning import PartitionField, PartitionFieldValue, PartitionKey
-from pyiceberg.table import FileScanTask, Table, TableProperties, WriteTask
+from pyiceberg.table import FileScanTask, Table, TableProperties, Transaction, WriteTask
 from pyiceberg.utils.properties import property_as_int
 
 
@@ -50,16 +50,29 @@ def partition_slices(table: Table, data: pa.Table) -> list[tuple[PartitionKey | 
             for value, parts in groups.items()]
 
 
-def write_slices(table: Table, slices: list[tuple[PartitionKey | None, pa.Table]]) -> list[DataFile]:
+def write_slices(table: Table, slices: list[tuple[PartitionKey | None, pa.Table]],
+                 target_file_size: int | None = None) -> list[DataFile]:
     """Parquet files for the slices (rows already in the table's schema), written in parallel by
-    pyiceberg as `Table.append` would, but not committed."""
-    target = property_as_int(table.properties, TableProperties.WRITE_TARGET_FILE_SIZE_BYTES,
-                             TableProperties.WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT)
+    pyiceberg as `Table.append` would, but not committed. Files are cut at `target_file_size`
+    bytes of Arrow data (default: the table's `write.target-file-size-bytes`)."""
+    target = target_file_size or property_as_int(table.properties, TableProperties.WRITE_TARGET_FILE_SIZE_BYTES,
+                                                 TableProperties.WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT)
     write_uuid, counter = uuid.uuid4(), itertools.count()
     tasks = (WriteTask(write_uuid=write_uuid, task_id=next(counter), schema=table.schema(), record_batches=batches,
                        partition_key=key)
              for key, part in slices for batches in bin_pack_arrow_table(part, target))
     return list(write_file(table.io, table.metadata, tasks))
+
+
+def read_files(table: Table, files: list[FileScanTask]) -> pa.Table:
+    """All rows of these data files, in file order, in the table's current schema."""
+    return ArrowScan(table.metadata, table.io, table.schema(), row_filter=AlwaysTrue()).to_table(files)
+
+
+def append_files(table: Table, new_files: list[DataFile]) -> None:
+    """Add data files in one snapshot; existing manifests are kept as they are (a fast append)."""
+    with table.transaction() as tx:
+        _fast_append(tx, new_files)
 
 
 def replace_files(table: Table, old_files: list[FileScanTask], new_files: list[DataFile]) -> None:
@@ -76,6 +89,10 @@ def replace_rows_with_files(table: Table, where: BooleanExpression, new_files: l
     """Delete the rows matching `where` and add `new_files`, in one commit."""
     with table.transaction() as tx:
         tx.delete(where)
-        with tx.update_snapshot().fast_append() as append:
-            for data_file in new_files:
-                append.append_data_file(data_file)
+        _fast_append(tx, new_files)
+
+
+def _fast_append(tx: Transaction, new_files: list[DataFile]) -> None:
+    with tx.update_snapshot().fast_append() as append:
+        for data_file in new_files:
+            append.append_data_file(data_file)

@@ -49,19 +49,27 @@ from quayside.specs import check_identifier
 # Zones whose tables Quayside writes commit by commit; curated tables are rebuilt whole by dbt.
 MAINTAINED_ZONES = ("raw", "staged", "quarantine")
 SMALL_FILE_RATIO = 0.75  # Iceberg's rewrite_data_files: min-file-size-bytes = 0.75 × target
+MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)
 class MaintenanceSettings:
-    target_file_size_bytes: int = 128 * 1024 * 1024
+    target_file_size_bytes: int = 128 * MIB
     min_files_to_compact: int = 5  # a partition with fewer small files is left as it is
     snapshot_retention: timedelta = timedelta(days=7)
     keep_last_snapshots: int = 5
     orphan_min_age: timedelta = timedelta(days=3)
     dry_run: bool = False  # report what would be done; commit and delete nothing
 
+    @classmethod
+    def from_units(cls, target_file_size_mb: float, min_files_to_compact: int, snapshot_retention_days: float,
+                   keep_last_snapshots: int, orphan_min_age_days: float, dry_run: bool = False) -> MaintenanceSettings:
+        """From the units people configure (CLI flags, Dagster run config)."""
+        return cls(int(target_file_size_mb * MIB), min_files_to_compact, timedelta(days=snapshot_retention_days),
+                   keep_last_snapshots, timedelta(days=orphan_min_age_days), dry_run)
+
     def __post_init__(self) -> None:
-        if self.target_file_size_bytes < 1024 * 1024:
+        if self.target_file_size_bytes < MIB:
             raise ValueError(f"target_file_size_bytes must be at least 1 MiB, not {self.target_file_size_bytes}")
         if self.min_files_to_compact < 2:
             raise ValueError(f"min_files_to_compact must be at least 2, not {self.min_files_to_compact}")
@@ -89,6 +97,15 @@ class MaintenanceResult:
     dry_run: bool = False
     seconds: float = 0.0
     statements: list[str] = field(default_factory=list)  # what Athena ran
+
+
+DEFAULTS = MaintenanceSettings()
+
+
+def parse_table_name(text: str) -> tuple[str, str]:
+    """'namespace.name' (as `quayside tables` prints it) → (namespace, name), validated."""
+    namespace, _, name = text.partition(".")
+    return check_identifier(namespace, f"namespace of table {text!r}"), check_identifier(name, f"name of table {text!r}")
 
 
 def maintained_tables(lake: Lake) -> list[tuple[str, str]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from datetime import date, timedelta
@@ -151,3 +152,14 @@ def test_unknown_table_and_bad_identifiers_are_named(local_lake):
         maintain_table(local_lake, "staged_demo", "nope")
     with pytest.raises(ValueError, match="table name"):
         maintain_table(local_lake, "staged_demo", "../x")
+
+
+def test_cli_maintains_one_table_and_names_a_missing_one(events, monkeypatch, capsys):
+    from quayside.cli import main
+
+    monkeypatch.setenv("QUAYSIDE_HOME", events.settings.home)
+    assert main(["maintain", "staged_demo.events", "--min-files", "3", "--json"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)
+    assert (result["table"], result["data_files_before"], result["data_files_after"]) == ("staged_demo.events", 12, 3)
+    assert main(["maintain", "staged_demo.missing"]) == 1
+    assert "staged_demo.missing: no such table" in capsys.readouterr().err

@@ -212,7 +212,8 @@ def expire_snapshots(lake: Lake, namespace: str, name: str, settings: Maintenanc
     if count and not settings.dry_run:
         def commit() -> None:  # recomputed on retry: a concurrent commit changes which are newest
             table = lake.load_table(namespace, name)
-            table.maintenance.expire_snapshots().by_ids(expired(table)).commit()
+            if ids := expired(table):
+                table.maintenance.expire_snapshots().by_ids(ids).commit()
 
         retry_commit(commit)
     return count

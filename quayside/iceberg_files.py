@@ -75,14 +75,19 @@ def append_files(table: Table, new_files: list[DataFile]) -> None:
         _fast_append(tx, new_files)
 
 
-def replace_files(table: Table, old_files: list[FileScanTask], new_files: list[DataFile]) -> None:
-    """Swap whole data files in one snapshot (nothing is rewritten)."""
+def replace_files(table: Table, old_files: list[FileScanTask], new_files: list[DataFile],
+                  forget_removed: bool = False) -> None:
+    """Swap whole data files in one snapshot (nothing is rewritten). With `forget_removed`, the
+    same commit adds an empty append snapshot: its manifest list leaves out the manifest that
+    records the removed files, which every scan of the current snapshot would otherwise read."""
     with table.transaction() as tx:
         with tx.update_snapshot().overwrite() as overwrite:
             for task in old_files:
                 overwrite.delete_data_file(task.file)
             for data_file in new_files:
                 overwrite.append_data_file(data_file)
+        if forget_removed:
+            _fast_append(tx, [])  # a fast append keeps only manifests that still list live files
 
 
 def replace_rows_with_files(table: Table, where: BooleanExpression, new_files: list[DataFile]) -> None:

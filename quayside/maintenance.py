@@ -9,7 +9,10 @@ commit). `maintain_table` undoes both, in this order:
 1. Compaction: in each partition holding at least `min_files_to_compact` small files (smaller than
    3/4 of `target_file_size_bytes`, Iceberg's own rule), those files are read and rewritten as
    files of about the target size; every partition's rewrite goes into ONE commit that swaps
-   whole files, so readers see the old files or the new ones, never both. Files with delete
+   whole files, so readers see the old files or the new ones, never both (the commit adds an
+   empty append snapshot too, so that scans stop reading the manifest that records the removed
+   files: with it, a DuckDB scan of 17 compacted files took 1.7× as long as of the same rows
+   written by one append). Files with delete
    files attached (written by another engine) are left alone: pyiceberg cannot rewrite them.
    The commit is optimistic: if another writer committed meanwhile, the files being replaced
    are checked to still be in the table and the commit is retried; if one was replaced by that
@@ -30,6 +33,7 @@ On the aws profile the same is asked of Athena (`OPTIMIZE ... REWRITE DATA USING
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections import defaultdict
@@ -80,6 +84,9 @@ class MaintenanceSettings:
             raise ValueError("snapshot_retention and orphan_min_age cannot be negative")
 
 
+DEFAULTS = MaintenanceSettings()
+
+
 @dataclass
 class MaintenanceResult:
     table: str
@@ -99,9 +106,6 @@ class MaintenanceResult:
     statements: list[str] = field(default_factory=list)  # what Athena ran
 
 
-DEFAULTS = MaintenanceSettings()
-
-
 def parse_table_name(text: str) -> tuple[str, str]:
     """'namespace.name' (as `quayside tables` prints it) → (namespace, name), validated."""
     namespace, _, name = text.partition(".")
@@ -116,7 +120,7 @@ def maintained_tables(lake: Lake) -> list[tuple[str, str]]:
 
 
 def maintain_table(lake: Lake, namespace: str, name: str,
-                   settings: MaintenanceSettings = MaintenanceSettings()) -> MaintenanceResult:
+                   settings: MaintenanceSettings = DEFAULTS) -> MaintenanceResult:
     """Compact, expire snapshots and remove orphan files of one table (see the module doc)."""
     started = time.perf_counter()
     table = lake.load_table(namespace, name)  # validates both identifiers
@@ -151,15 +155,18 @@ def _data_files(table: Table) -> tuple[int, int]:
 
 # --- 1. compaction ---------------------------------------------------------------------
 def compaction_plan(table: Table, settings: MaintenanceSettings) -> list[list[FileScanTask]]:
-    """Groups of small files to rewrite, one group per partition."""
+    """Groups of small files to rewrite, one group per partition. A group is rewritten only if that
+    gives fewer files, so repeated runs settle instead of rewriting the same data again."""
     spec_id = table.spec().spec_id
-    small = settings.target_file_size_bytes * SMALL_FILE_RATIO
+    target = settings.target_file_size_bytes
+    small = target * SMALL_FILE_RATIO
     by_partition: dict[tuple, list[FileScanTask]] = defaultdict(list)
     for task in table.scan().plan_files():
         # Files of an older partition spec would need their rows re-partitioned: left alone.
         if task.file.file_size_in_bytes < small and not task.delete_files and task.file.spec_id == spec_id:
             by_partition[tuple(task.file.partition)].append(task)
-    return [tasks for tasks in by_partition.values() if len(tasks) >= settings.min_files_to_compact]
+    return [tasks for tasks in by_partition.values() if len(tasks) >= settings.min_files_to_compact
+            and math.ceil(sum(t.file.file_size_in_bytes for t in tasks) / target) < len(tasks)]
 
 
 def compact(lake: Lake, namespace: str, name: str, settings: MaintenanceSettings) -> tuple[int, int]:
@@ -176,7 +183,10 @@ def compact(lake: Lake, namespace: str, name: str, settings: MaintenanceSettings
         key = (PartitionKey([PartitionFieldValue(f, values[i]) for i, f in enumerate(spec.fields)], spec, schema)
                if spec.fields else None)
         rows = conform(read_files(table, tasks), schema.as_arrow())
-        new_files += write_slices(table, [(key, rows)], settings.target_file_size_bytes)
+        # Files are cut by Arrow bytes: scale the target by this data's Parquet compression so
+        # the files written are about the target size on disk.
+        compression = rows.nbytes / max(1, sum(t.file.file_size_in_bytes for t in tasks))
+        new_files += write_slices(table, [(key, rows)], int(settings.target_file_size_bytes * compression))
     old_files = [task for tasks in groups for task in tasks]
 
     def commit() -> None:
@@ -187,7 +197,7 @@ def compact(lake: Lake, namespace: str, name: str, settings: MaintenanceSettings
             raise CompactionConflict(f"{namespace}.{name}: a concurrent commit replaced {len(gone)} of the files "
                                      f"being compacted (e.g. {gone[0]}); nothing was committed, run maintenance "
                                      "again")
-        replace_files(current, old_files, new_files)
+        replace_files(current, old_files, new_files, forget_removed=True)
 
     retry_commit(commit)
     return len(old_files), len(groups)
@@ -200,20 +210,26 @@ class CompactionConflict(RuntimeError):
 # --- 2. snapshot expiry ------------------------------------------------------------------
 def expire_snapshots(lake: Lake, namespace: str, name: str, settings: MaintenanceSettings, now: datetime) -> int:
     """Expire snapshots older than the retention, keeping the newest few and branch/tag heads."""
-    cutoff_ms = (now - settings.snapshot_retention).timestamp() * 1000
 
-    def expired(table: Table) -> list[int]:
-        protected = {ref.snapshot_id for ref in table.metadata.refs.values()}
+    def cutoff(table: Table) -> datetime | None:
+        """Snapshots before this go: older than the retention and than the newest few."""
         newest_first = sorted(table.metadata.snapshots, key=lambda s: s.timestamp_ms, reverse=True)
-        return [s.snapshot_id for s in newest_first[settings.keep_last_snapshots:]
-                if s.timestamp_ms < cutoff_ms and s.snapshot_id not in protected]
+        if len(newest_first) <= settings.keep_last_snapshots:
+            return None
+        oldest_kept = newest_first[settings.keep_last_snapshots - 1].timestamp_ms / 1000
+        return min(now - settings.snapshot_retention, datetime.fromtimestamp(oldest_kept, timezone.utc))
 
-    count = len(expired(lake.load_table(namespace, name)))
+    table = lake.load_table(namespace, name)
+    before = cutoff(table)
+    protected = {ref.snapshot_id for ref in table.metadata.refs.values()}
+    count = 0 if before is None else sum(1 for s in table.metadata.snapshots if s.snapshot_id not in protected
+                                         and s.timestamp_ms < before.timestamp() * 1000)
     if count and not settings.dry_run:
         def commit() -> None:  # recomputed on retry: a concurrent commit changes which are newest
             table = lake.load_table(namespace, name)
-            if ids := expired(table):
-                table.maintenance.expire_snapshots().by_ids(ids).commit()
+            if (before := cutoff(table)) is not None:
+                # One pass over the snapshots (expiring by id copies the whole metadata per snapshot).
+                table.maintenance.expire_snapshots().older_than(before).commit()
 
         retry_commit(commit)
     return count

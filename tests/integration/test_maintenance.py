@@ -8,6 +8,7 @@ import time
 from datetime import date, timedelta
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -47,12 +48,14 @@ def test_compaction_rewrites_small_files_per_partition_and_keeps_every_row(event
     assert (result.data_files_before, result.data_files_after) == (12, 3)
     assert (result.files_compacted, result.partitions_compacted) == (12, 3)
     assert rows(events).equals(before)
+    table = events.load_table("staged_demo", "events")  # scans read no manifest of removed files
+    assert all(m.has_added_files() or m.has_existing_files() for m in table.current_snapshot().manifests(table.io))
     assert events.connect().sql("SELECT count(*), sum(id) FROM staged_demo.events").fetchone() == (
         before.num_rows, sum(before["id"].to_pylist()))
     again = maintain_table(events, "staged_demo", "events", MaintenanceSettings(min_files_to_compact=3))
     snapshots = len(events.load_table("staged_demo", "events").metadata.snapshots)
     assert (again.files_compacted, again.snapshots_expired, again.orphan_files_removed) == (0, 0, 0)
-    assert snapshots == result.snapshots_before + 1  # the second run committed nothing
+    assert snapshots == result.snapshots_before + 2  # compaction's commit only: the second run committed nothing
 
 
 def test_partitions_with_too_few_small_files_are_left_alone(events):
@@ -64,7 +67,7 @@ def test_snapshot_expiry_keeps_the_newest_and_the_current_snapshot_readable(even
     before = rows(events)
     result = maintain_table(events, "staged_demo", "events", NOW_SETTINGS)
     table = events.load_table("staged_demo", "events")
-    assert result.snapshots_before == 12 and result.snapshots_expired == 12 + 1 - 2  # compaction added one
+    assert result.snapshots_before == 12 and result.snapshots_expired == 12 + 2 - 2  # compaction added two
     assert len(table.metadata.snapshots) == 2
     assert rows(events).equals(before)
 
@@ -163,3 +166,19 @@ def test_cli_maintains_one_table_and_names_a_missing_one(events, monkeypatch, ca
     assert (result["table"], result["data_files_before"], result["data_files_after"]) == ("staged_demo.events", 12, 3)
     assert main(["maintain", "staged_demo.missing"]) == 1
     assert "staged_demo.missing: no such table" in capsys.readouterr().err
+
+
+def test_compacted_files_are_about_the_target_size_on_disk_so_a_second_run_settles(local_lake):
+    schema = pa.schema([("id", pa.int64()), ("value", pa.float64())])
+    local_lake.create_table("staged_demo", "big", schema)
+    rng = np.random.default_rng(1)
+    for i in range(8):  # ~0.5 MiB of Parquet each: incompressible random floats
+        table = local_lake.load_table("staged_demo", "big")
+        data = pa.table({"id": np.arange(i * 40_000, (i + 1) * 40_000), "value": rng.random(40_000)}, schema=schema)
+        append_files(table, write_slices(table, partition_slices(table, data)))
+    settings = MaintenanceSettings(target_file_size_bytes=1024 * 1024, min_files_to_compact=2)
+    first = maintain_table(local_lake, "staged_demo", "big", settings)
+    sizes = sorted(t.file.file_size_in_bytes for t in local_lake.load_table("staged_demo", "big").scan().plan_files())
+    assert first.files_compacted == 8 and first.data_files_after == 4
+    assert all(size > 0.75 * 1024 * 1024 for size in sizes[1:])  # all but the remainder are not small
+    assert maintain_table(local_lake, "staged_demo", "big", settings).files_compacted == 0

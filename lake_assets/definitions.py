@@ -7,7 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from lake_assets import analysis, prepared
+from lake_assets import analysis, maintenance, prepared
 from lake_assets.curated import build_curated_assets
 from lake_assets.factory import build_dataset
 from quayside.connections import LANDING, source_mismatch
@@ -43,7 +43,7 @@ def build_definitions(datasets: Path = DATASETS, connections: Path = CONNECTIONS
             if freshness_checks else []),
         resources=build_resources(sources),
     )
-    return dg.Definitions.merge(*per_dataset, platform)
+    return dg.Definitions.merge(*per_dataset, platform, maintenance.defs)
 
 
 defs = build_definitions()

@@ -54,11 +54,11 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyiceberg.expressions import AlwaysTrue, And, GreaterThanOrEqual, LessThanOrEqual
-from pyiceberg.io.pyarrow import ArrowScan
+from pyiceberg.expressions import And, GreaterThanOrEqual, LessThanOrEqual
 from pyiceberg.table import FileScanTask, Table
 
-from quayside.iceberg_files import partition_field, partition_slices, partition_values, replace_files, write_slices
+from quayside.iceberg_files import (partition_field, partition_slices, partition_values, read_files, replace_files,
+                                   write_slices)
 from quayside.lake import Lake
 from quayside.specs import LINEAGE_COLUMNS, DatasetSpec
 
@@ -183,8 +183,7 @@ def _data_files(table: Table, changes: pa.Table, touched: set[int] | None) -> li
 
 def _read(table: Table, files: list[FileScanTask]) -> pa.Table:
     """All rows of these data files (whole files: they are replaced whole)."""
-    rows = ArrowScan(table.metadata, table.io, table.schema(), row_filter=AlwaysTrue()).to_table(files)
-    return _conform(rows, _arrow_schema(table))
+    return _conform(read_files(table, files), _arrow_schema(table))
 
 
 def _replace(table: Table, old_files: list[FileScanTask], data: pa.Table) -> int:

@@ -10,6 +10,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 from quayside.lake import Lake
+from quayside.maintenance import DEFAULTS, MIB
 
 
 def _print_table(headers: list[str], rows: list[list[object]]) -> None:
@@ -49,6 +50,32 @@ def cmd_sql(args: argparse.Namespace) -> int:
         if len(rows) > args.limit:
             print(f"... (first {args.limit} rows; use --limit)")
     return 0
+
+
+def cmd_maintain(args: argparse.Namespace) -> int:
+    from quayside.maintenance import MaintenanceSettings, maintain_table, maintained_tables, parse_table_name
+
+    settings = MaintenanceSettings.from_units(args.target_file_mb, args.min_files, args.retention_days,
+                                              args.keep_snapshots, args.orphan_age_days, args.dry_run)
+    lake = Lake()
+    tables = [parse_table_name(args.table)] if args.table else maintained_tables(lake)
+    results, failed = [], 0
+    for namespace, name in tables:
+        try:
+            results.append(maintain_table(lake, namespace, name, settings))
+        except Exception as exc:  # report every table's outcome, then fail
+            print(f"error: {namespace}.{name}: {exc}", file=sys.stderr)
+            failed += 1
+    if args.json:
+        print(json.dumps([vars(r) for r in results], indent=2))
+    else:
+        _print_table(["table", "files before", "files after", "compacted", "snapshots expired", "orphans removed",
+                      "seconds"],
+                     [[r.table, r.data_files_before, r.data_files_after, r.files_compacted, r.snapshots_expired,
+                       r.orphan_files_removed, f"{r.seconds:.1f}"] for r in results])
+        if args.dry_run:
+            print("dry run: nothing was changed")
+    return 1 if failed else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -100,6 +127,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_sql)
+    p = sub.add_parser("maintain", help="compact small files, expire old snapshots, remove orphan files")
+    p.add_argument("table", nargs="?", help="namespace.name (default: every raw, staged and quarantine table)")
+    p.add_argument("--target-file-mb", type=float, default=DEFAULTS.target_file_size_bytes / MIB)
+    p.add_argument("--min-files", type=int, default=DEFAULTS.min_files_to_compact,
+                   help="compact a partition from this many small files")
+    p.add_argument("--retention-days", type=float, default=DEFAULTS.snapshot_retention.total_seconds() / 86400,
+                   help="expire snapshots older than this")
+    p.add_argument("--keep-snapshots", type=int, default=DEFAULTS.keep_last_snapshots,
+                   help="always keep this many newest snapshots")
+    p.add_argument("--orphan-age-days", type=float, default=DEFAULTS.orphan_min_age.total_seconds() / 86400,
+                   help="remove unreferenced files older than this")
+    p.add_argument("--dry-run", action="store_true", help="report what would be done; change nothing")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_maintain)
     p = sub.add_parser("demo", help="write the demo tenant's source files into landing")
     p.add_argument("--scale", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=7)

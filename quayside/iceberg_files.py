@@ -10,11 +10,11 @@ import uuid
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyiceberg.expressions import BooleanExpression
-from pyiceberg.io.pyarrow import bin_pack_arrow_table, write_file
+from pyiceberg.expressions import AlwaysTrue, BooleanExpression
+from pyiceberg.io.pyarrow import ArrowScan, bin_pack_arrow_table, write_file
 from pyiceberg.manifest import DataFile
 from pyiceberg.partitioning import PartitionField, PartitionFieldValue, PartitionKey
-from pyiceberg.table import FileScanTask, Table, TableProperties, WriteTask
+from pyiceberg.table import FileScanTask, Table, TableProperties, Transaction, WriteTask
 from pyiceberg.utils.properties import property_as_int
 
 
@@ -50,11 +50,13 @@ def partition_slices(table: Table, data: pa.Table) -> list[tuple[PartitionKey | 
             for value, parts in groups.items()]
 
 
-def write_slices(table: Table, slices: list[tuple[PartitionKey | None, pa.Table]]) -> list[DataFile]:
+def write_slices(table: Table, slices: list[tuple[PartitionKey | None, pa.Table]],
+                 target_file_size: int | None = None) -> list[DataFile]:
     """Parquet files for the slices (rows already in the table's schema), written in parallel by
-    pyiceberg as `Table.append` would, but not committed."""
-    target = property_as_int(table.properties, TableProperties.WRITE_TARGET_FILE_SIZE_BYTES,
-                             TableProperties.WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT)
+    pyiceberg as `Table.append` would, but not committed. Files are cut at `target_file_size`
+    bytes of Arrow data (default: the table's `write.target-file-size-bytes`)."""
+    target = target_file_size or property_as_int(table.properties, TableProperties.WRITE_TARGET_FILE_SIZE_BYTES,
+                                                 TableProperties.WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT)
     write_uuid, counter = uuid.uuid4(), itertools.count()
     tasks = (WriteTask(write_uuid=write_uuid, task_id=next(counter), schema=table.schema(), record_batches=batches,
                        partition_key=key)
@@ -62,20 +64,40 @@ def write_slices(table: Table, slices: list[tuple[PartitionKey | None, pa.Table]
     return list(write_file(table.io, table.metadata, tasks))
 
 
-def replace_files(table: Table, old_files: list[FileScanTask], new_files: list[DataFile]) -> None:
-    """Swap whole data files in one snapshot (nothing is rewritten)."""
+def read_files(table: Table, files: list[FileScanTask]) -> pa.Table:
+    """All rows of these data files, in file order, in the table's current schema."""
+    return ArrowScan(table.metadata, table.io, table.schema(), row_filter=AlwaysTrue()).to_table(files)
+
+
+def append_files(table: Table, new_files: list[DataFile]) -> None:
+    """Add data files in one snapshot; existing manifests are kept as they are (a fast append)."""
+    with table.transaction() as tx:
+        _fast_append(tx, new_files)
+
+
+def replace_files(table: Table, old_files: list[FileScanTask], new_files: list[DataFile],
+                  forget_removed: bool = False) -> None:
+    """Swap whole data files in one snapshot (nothing is rewritten). With `forget_removed`, the
+    same commit adds an empty append snapshot: its manifest list leaves out the manifest that
+    records the removed files, which every scan of the current snapshot would otherwise read."""
     with table.transaction() as tx:
         with tx.update_snapshot().overwrite() as overwrite:
             for task in old_files:
                 overwrite.delete_data_file(task.file)
             for data_file in new_files:
                 overwrite.append_data_file(data_file)
+        if forget_removed:
+            _fast_append(tx, [])  # a fast append keeps only manifests that still list live files
 
 
 def replace_rows_with_files(table: Table, where: BooleanExpression, new_files: list[DataFile]) -> None:
     """Delete the rows matching `where` and add `new_files`, in one commit."""
     with table.transaction() as tx:
         tx.delete(where)
-        with tx.update_snapshot().fast_append() as append:
-            for data_file in new_files:
-                append.append_data_file(data_file)
+        _fast_append(tx, new_files)
+
+
+def _fast_append(tx: Transaction, new_files: list[DataFile]) -> None:
+    with tx.update_snapshot().fast_append() as append:
+        for data_file in new_files:
+            append.append_data_file(data_file)

@@ -39,6 +39,7 @@ class LakeSettings:
     region: str = "eu-west-2"
     endpoint_url: str = ""  # S3 + Glue endpoint override (moto in tests); empty = AWS
     glue_catalog_id: str = ""
+    athena_workgroup: str = "primary"  # runs table maintenance on the aws profile (as dbt's athena target)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> LakeSettings:
@@ -50,6 +51,7 @@ class LakeSettings:
             region=env.get("AWS_REGION", env.get("AWS_DEFAULT_REGION", "eu-west-2")),
             endpoint_url=env.get("QUAYSIDE_AWS_ENDPOINT_URL", ""),
             glue_catalog_id=env.get("QUAYSIDE_GLUE_CATALOG_ID", ""),
+            athena_workgroup=env.get("QUAYSIDE_ATHENA_WORKGROUP", "primary"),
         )
 
     def __post_init__(self) -> None:

@@ -25,11 +25,13 @@ class LakeResource(dg.ConfigurableResource):
     region: str = "eu-west-2"
     endpoint_url: str = ""
     glue_catalog_id: str = ""
+    athena_workgroup: str = "primary"
 
     @cached_property
     def lake(self) -> Lake:
         return Lake(LakeSettings(profile=self.profile, home=self.home, bucket=self.bucket, region=self.region,
-                                 endpoint_url=self.endpoint_url, glue_catalog_id=self.glue_catalog_id))
+                                 endpoint_url=self.endpoint_url, glue_catalog_id=self.glue_catalog_id,
+                                 athena_workgroup=self.athena_workgroup))
 
 def _env(name: str, default: str) -> str | dg.EnvVar:
     """Read through dg.EnvVar when set, so values show as env references in the UI, not literals."""
@@ -48,6 +50,7 @@ def lake_resource() -> LakeResource:
         region=_env("AWS_REGION", settings.region),
         endpoint_url=_env("QUAYSIDE_AWS_ENDPOINT_URL", settings.endpoint_url),
         glue_catalog_id=_env("QUAYSIDE_GLUE_CATALOG_ID", settings.glue_catalog_id),
+        athena_workgroup=_env("QUAYSIDE_ATHENA_WORKGROUP", settings.athena_workgroup),
     )
 
 def build_resources(connections: dict[str, dg.ConfigurableResource] | None = None) -> dict[str, object]:

@@ -40,7 +40,7 @@ def create_table(url: str, rows: int) -> None:
     with psycopg.connect(libpq_url(url, PASSWORD), autocommit=True) as con:
         con.execute(f"DROP TABLE IF EXISTS {TABLE}")
         con.execute(f"""CREATE TABLE {TABLE} AS SELECT i::bigint AS id, (i % 1000)::int AS quantity,
-            round((i % 100000) / 7.0, 2)::numeric(12,2) AS amount, i * 0.37 AS score,
+            round((i % 100000) / 7.0, 2)::numeric(12,2) AS amount, (i * 0.37)::float8 AS score,
             'label ' || (i % 5000) || CASE WHEN i % 10 = 0 THEN ', with "quotes"' ELSE '' END AS label,
             DATE '2020-01-01' + i % 2000 AS day, TIMESTAMP '2020-01-01' + i * INTERVAL '1 second' AS created_at,
             CASE WHEN i % 7 = 0 THEN NULL ELSE i % 3 = 0 END AS active

@@ -15,16 +15,32 @@ a Parquet file (`quayside.extract` puts it into landing).
   watermark is NULL are not seen: a full load (which closes missing keys of CDC datasets)
   catches up with both.
 
-Table and column names come from the validated spec and are quoted by SQLAlchemy; values are
-bound parameters.
+PostgreSQL through psycopg 3 reads a full load faster, as one `COPY (SELECT …) TO STDOUT (FORMAT
+csv)` (~2.8× the keyset path for 1M rows of 8 columns): one statement is one consistent snapshot,
+and the watermark's maximum is taken in that same snapshot, just before the COPY. The CSV goes to
+a local spool file and the transaction ends with the transfer; only then pyarrow parses the spool
+with the spec's types (block by block, one Parquet row group a block), so the source holds its
+snapshot no longer than the transfer takes and memory stays at a few blocks. (Parsing while the
+transfer runs was no faster on 2 cores and kept the transaction open twice as long.) The spool
+needs local disk about the size of the table as CSV. A dropped connection restarts the COPY.
+Incremental reads stay on keyset pages: they are small, each page's transaction is short, and
+the position of the last row read is the next watermark.
+
+Table and column names come from the validated spec and are quoted by SQLAlchemy (psycopg's
+`sql.Identifier` for COPY); values are bound parameters.
 """
 
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import Callable
 from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import TypeVar
 
 import pyarrow as pa
+import pyarrow.csv as pv
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 
@@ -32,6 +48,11 @@ from quayside.extract import ExtractError, Extraction, change_columns, finish, l
 from quayside.ingest import arrow_type
 from quayside.lake import Lake
 from quayside.specs import DatasetSpec
+
+T = TypeVar("T")
+# CSV parsed per Arrow batch, written as one Parquet row group (~55k rows of 8 columns): 4 MB
+# blocks keep a 5M-row full load at ~0.4 GB peak (16 MB: ~0.65 GB) at the same speed.
+COPY_BLOCK_BYTES = 4 << 20
 
 
 class Database:
@@ -43,25 +64,35 @@ class Database:
         # tick, and a connection the server dropped is never reused.
         self.engine = sa.create_engine(parsed, poolclass=sa.pool.NullPool)
         self.retries = retries
+        # COPY needs psycopg 3's copy API; other dialects and drivers read full loads in pages.
+        self.copies = self.engine.dialect.name == "postgresql" and self.engine.dialect.driver == "psycopg"
 
     def __repr__(self) -> str:
         return f"Database({self.engine.url!r})"  # SQLAlchemy masks the password
 
-    def _query(self, spec: DatasetSpec, statement: sa.Executable) -> tuple[list[sa.Row], float]:
-        """Run one statement in its own short transaction; a lost connection is retried."""
+    def _retrying(self, spec: DatasetSpec, read: Callable[[], T],
+                  lost: tuple[type[Exception], ...] = (sa.exc.OperationalError,)) -> T:
+        """`read()`, run again on a lost or refused connection (`lost`), then a clear error."""
         for attempt in range(self.retries + 1):
-            started = time.perf_counter()
             try:
-                with self.engine.connect() as conn:
-                    rows = conn.execute(statement).fetchall()
-                return rows, time.perf_counter() - started
-            except sa.exc.OperationalError as exc:
+                return read()
+            except lost as exc:
                 if attempt == self.retries:
-                    reason = str(exc.orig or exc).strip().splitlines()[0]
+                    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
                     raise ExtractError(f"{spec.key}: reading {spec.source.table.table} failed after "
                                        f"{attempt + 1} attempt(s): {reason}") from None
                 time.sleep(0.5 * 2**attempt)
         raise AssertionError("unreachable")
+
+    def _query(self, spec: DatasetSpec, statement: sa.Executable) -> tuple[list[sa.Row], float]:
+        """Run one statement in its own short transaction."""
+        def read() -> tuple[list[sa.Row], float]:
+            started = time.perf_counter()
+            with self.engine.connect() as conn:
+                rows = conn.execute(statement).fetchall()
+            return rows, time.perf_counter() - started
+
+        return self._retrying(spec, read)
 
     def probe(self, lake: Lake, spec: DatasetSpec) -> str | None:
         """The newest watermark value past the last extraction, or None if there is nothing new."""
@@ -90,12 +121,13 @@ class Database:
             order = [source.watermark, *tie]
             position = _decode(spec, order, last["watermark"])
         run = Extraction(spec.key, full_load, rows=0, pages=0, started_at=datetime.now(timezone.utc))
+        schema = _file_schema(spec, full_load)
+        if full_load and self.copies:
+            return self._copy_full_load(lake, spec, schema, run, run_id)
         next_watermark = None
         if full_load and source.watermark:
             (row,), seconds = self._query(spec, sa.select(sa.func.max(table.c[source.watermark])))
             next_watermark, run.source_seconds = ([] if row[0] is None else [row[0]]), seconds
-        extra = change_columns(spec, full_load)
-        schema = pa.schema([pa.field(c.name, arrow_type(c)) for c in spec.columns] + extra)
         with scratch_file(".parquet") as scratch:
             with pq.ParquetWriter(scratch, schema, compression="zstd") as writer:
                 while True:
@@ -116,6 +148,77 @@ class Database:
                 next_watermark = position
             run.watermark = next_watermark
             return finish(lake, spec, run, scratch, run_id)
+
+    def _copy_full_load(self, lake: Lake, spec: DatasetSpec, schema: pa.Schema, run: Extraction,
+                        run_id: str) -> Extraction:
+        import psycopg
+
+        run.pages = 1  # one statement
+        with scratch_file(".csv") as spool, scratch_file(".parquet") as scratch:
+            run.watermark = self._retrying(spec, lambda: self._copy(spec, spool, run),
+                                           lost=(sa.exc.OperationalError, psycopg.OperationalError))
+            if run.rows:
+                _csv_to_parquet(spec, spool, scratch, schema, run.started_at)
+            return finish(lake, spec, run, scratch, run_id)
+
+    def _copy(self, spec: DatasetSpec, spool: Path, run: Extraction) -> list | None:
+        """The spec's columns COPYed as CSV into `spool` in one read-only snapshot, and the
+        watermark to continue from: the column's maximum in that snapshot (None without one)."""
+        from psycopg import IsolationLevel, sql
+
+        source = spec.source.table
+        table = sql.Identifier(*source.table.split("."))
+        columns = sql.SQL(", ").join(sql.Identifier(c.name) for c in spec.columns)
+        copy = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT (FORMAT csv)").format(columns, table)
+        watermark = None
+        connection = self.engine.raw_connection()
+        try:
+            pg = connection.driver_connection
+            pg.isolation_level, pg.read_only = IsolationLevel.REPEATABLE_READ, True
+            started = time.perf_counter()
+            with pg.cursor() as cursor, spool.open("wb") as out:
+                # Text as pyarrow parses it: ISO dates, timestamptz in UTC with its offset.
+                cursor.execute("SET LOCAL TimeZone = 'UTC'")
+                cursor.execute("SET LOCAL DateStyle = 'ISO, YMD'")
+                if source.watermark:
+                    newest = sql.SQL("SELECT max({}) FROM {}").format(sql.Identifier(source.watermark), table)
+                    (value,) = cursor.execute(newest).fetchone()
+                    watermark = [] if value is None else [value]
+                with cursor.copy(copy) as rows:
+                    for chunk in rows:
+                        out.write(chunk)
+                run.rows = cursor.rowcount
+            pg.commit()
+            run.source_seconds = run.longest_transaction_seconds = time.perf_counter() - started
+        finally:
+            connection.close()
+        return watermark
+
+
+def _file_schema(spec: DatasetSpec, full_load: bool) -> pa.Schema:
+    return pa.schema([pa.field(c.name, arrow_type(c)) for c in spec.columns] + change_columns(spec, full_load))
+
+
+def _csv_to_parquet(spec: DatasetSpec, spool: Path, scratch: Path, schema: pa.Schema, started: datetime) -> None:
+    """A COPY's CSV typed by the spec into Parquet, a block at a time."""
+    columns = [c.name for c in spec.columns]
+    read = pv.ReadOptions(column_names=columns, block_size=COPY_BLOCK_BYTES)
+    # COPY's CSV: an unquoted empty field is NULL, a quoted one the empty string; booleans are t/f.
+    convert = pv.ConvertOptions(column_types={name: schema.field(name).type for name in columns},
+                                null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False,
+                                true_values=["t"], false_values=["f"])
+    try:
+        with pq.ParquetWriter(scratch, schema, compression="zstd") as writer:
+            for batch in pv.open_csv(spool, read_options=read, convert_options=convert,
+                                     parse_options=pv.ParseOptions(newlines_in_values=True)):
+                writer.write_table(_with_change_columns(spec, pa.Table.from_batches([batch]), schema, started))
+    except pa.ArrowInvalid as exc:
+        column = re.search(r"CSV column #(\d+)", str(exc))
+        if not column:
+            raise ExtractError(f"{spec.key}: {spec.source.table.table}: unreadable COPY output: {exc}") from None
+        name = columns[int(column[1])]
+        raise ExtractError(f"{spec.key}: {spec.source.table.table}.{name}: values do not fit the spec's type "
+                           f"{spec.column(name).type!r}: {exc}") from None
 
 
 def _tie_breaker(spec: DatasetSpec) -> list[str]:
@@ -159,25 +262,22 @@ def _to_arrow(spec: DatasetSpec, rows: list[sa.Row], columns: list[str], schema:
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
             raise ExtractError(f"{spec.key}: {spec.source.table.table}.{name}: values do not fit the spec's type "
                                f"{spec.column(name).type!r}: {exc}") from None
-    # The change columns of a CDC dataset follow the spec's columns.
-    arrays += [_change_values(spec, field, rows, columns, run.started_at) for field in list(schema)[len(columns):]]
-    return pa.Table.from_arrays(arrays, schema=schema)
+    table = pa.Table.from_arrays(arrays, schema=pa.schema(list(schema)[:len(columns)]))
+    return _with_change_columns(spec, table, schema, run.started_at)
 
 
-def _change_values(spec: DatasetSpec, field: pa.Field, rows: list[sa.Row], columns: list[str],
-                   started: datetime) -> pa.Array:
-    """`Op` is 'U'; the change timestamp is the row's watermark when that is a time, else the
-    extraction's start (UTC, as DMS writes it)."""
-    if field.name == spec.cdc.op_column:
-        return pa.array(["U"] * len(rows), field.type)
+def _with_change_columns(spec: DatasetSpec, table: pa.Table, schema: pa.Schema, started: datetime) -> pa.Table:
+    """A CDC dataset's change columns after the spec's: `Op` is 'U'; the change timestamp is the
+    row's watermark when that is a time, else the extraction's start (UTC, as DMS writes it)."""
+    start = started.astimezone(timezone.utc).replace(tzinfo=None)
     watermark = spec.source.table.watermark
-    if not watermark or spec.column(watermark).type not in ("timestamp", "timestamptz", "date"):
-        return pa.array([_utc_naive(started)] * len(rows), field.type)
-    i = columns.index(watermark)
-    return pa.array([_utc_naive(row[i] or started) for row in rows], field.type)
-
-
-def _utc_naive(value: date | datetime) -> datetime:
-    if not isinstance(value, datetime):
-        return datetime.combine(value, datetime.min.time())
-    return value.astimezone(timezone.utc).replace(tzinfo=None) if value.tzinfo else value
+    timed = watermark and spec.column(watermark).type in ("timestamp", "timestamptz", "date")
+    for field in list(schema)[table.num_columns:]:
+        if field.name == spec.cdc.op_column:
+            values = pa.repeat(pa.scalar("U", field.type), table.num_rows)
+        elif timed:
+            values = table[watermark].cast(field.type).fill_null(start)  # timestamptz → its UTC time
+        else:
+            values = pa.repeat(pa.scalar(start, field.type), table.num_rows)
+        table = table.append_column(field, values)
+    return table

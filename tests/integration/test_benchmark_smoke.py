@@ -18,8 +18,8 @@ def test_make_bench_quick_run_of_the_side_by_side_scenarios():
     result = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick"],
                             capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
-    for contender in ("quayside", "dlt_iceberg", "dlt_parquet", "dagster_aws", "pyiceberg_upsert", "limit",
-                      "no_maintenance"):
+    for contender in ("quayside", "dlt_iceberg", "dlt_parquet", "dlt_connectorx", "dlt_pyarrow", "dagster_aws",
+                      "pyiceberg_upsert", "limit", "no_maintenance"):
         assert contender in result.stdout
     for scenario in SCENARIOS:
         assert f"scenario {scenario} took" in result.stdout

@@ -119,7 +119,7 @@ def test_database_table_full_load_then_incremental_through_the_sensor(tmp_path, 
     assert len(results) == 1 and results[0].success
     assert scalar(lake_env, "SELECT count(*) FROM staged_courts.cases") == 1200
     first = last_extraction(lake_env, load_spec(datasets / "courts/cases.yaml"))
-    assert first["full_load"] and first["rows"] == 1200 and first["pages"] == 3
+    assert first["full_load"] and first["rows"] == 1200 and first["pages"] == 1  # one COPY
     assert first["landing_key"].startswith("courts/cases_db/LOAD")
     assert first["watermark"] == [(T0 + timedelta(seconds=1199)).isoformat()]  # the max taken before reading
 
@@ -170,7 +170,8 @@ def open_upstream(connections: Path, monkeypatch):
     return open_connection(parse_connection("upstream", resolved))
 
 
-def test_a_connection_dropped_mid_extraction_costs_one_retried_page(tmp_path, monkeypatch, pg, cases_table, lake_env):
+def test_a_connection_dropped_mid_incremental_read_costs_one_retried_page(tmp_path, monkeypatch, pg, cases_table,
+                                                                          lake_env):
     import sqlalchemy as sa
 
     from quayside.database import Database
@@ -178,11 +179,14 @@ def test_a_connection_dropped_mid_extraction_costs_one_retried_page(tmp_path, mo
     datasets, connections = cases_project(tmp_path, pg, monkeypatch, page_rows=400)
     spec = load_spec(datasets / "courts/cases.yaml")
     db, pages = Database(pg, DB_PASSWORD), []
+    db.extract(lake_env, spec)  # the full load: one COPY
+    with pg_connect(pg) as con:
+        con.execute("UPDATE casework.cases SET updated_at = updated_at + interval '1 day'")
 
     @sa.event.listens_for(db.engine, "before_cursor_execute")
     def server_drops_us(conn, cursor, statement, parameters, context, executemany):
         if "ORDER BY" not in statement:
-            return  # the watermark's max, or the driver's own set-up queries
+            return  # the driver's own set-up queries
         pages.append(statement)
         if len(pages) == 2:  # the second page's connection dies just before its query runs
             with pg_connect(pg) as admin:
@@ -190,9 +194,79 @@ def test_a_connection_dropped_mid_extraction_costs_one_retried_page(tmp_path, mo
 
     run = db.extract(lake_env, spec)
     # 3 pages and the empty one that ends the read: 4 queries, the second asked twice
-    assert (run.rows, run.pages, len(pages)) == (1200, 3, 5)
+    assert (run.full_load, run.rows, run.pages, len(pages)) == (False, 1200, 3, 5)
     ids = pq.read_table(lake_env.landing.path(run.landing_key))["case_id"].to_pylist()
     assert len(ids) == len(set(ids)) == 1200
+
+
+TYPED_SPEC = {
+    "name": "typed", "domain": "courts", "owner": "team:courts-data", "description": "Every spec type from a table.",
+    "load_mode": "cdc", "primary_key": ["id"],
+    "source": {"connection": "upstream", "location": "courts/typed/", "table": {"table": "public.typed",
+                                                                                 "watermark": "changed_at"}},
+    "columns": [{"name": "id", "type": "int"}, {"name": "ratio", "type": "float"},
+                {"name": "amount", "type": "decimal(18,4)"}, {"name": "day", "type": "date"},
+                {"name": "at", "type": "timestamp"}, {"name": "changed_at", "type": "timestamptz"},
+                {"name": "order", "type": "string"}, {"name": "flag", "type": "bool"}],  # `order`: must be quoted
+}
+
+
+def test_copy_full_load_round_trips_typed_values_exactly_as_the_paged_read(tmp_path, pg, lake_env):
+    from decimal import Decimal
+
+    from quayside.database import Database
+    from quayside.specs import DatasetSpec
+
+    text = 'a,b "quoted"\nsecond line; é 漢 🙂\r\t'
+    with pg_connect(pg) as con:
+        con.execute("SET TimeZone = 'Europe/London'")  # the session's zone must not leak into timestamptz values
+        con.execute("DROP TABLE IF EXISTS public.typed")
+        con.execute('CREATE TABLE public.typed (id bigint PRIMARY KEY, ratio float8, amount numeric(18,4), day date, '
+                    'at timestamp, changed_at timestamptz, "order" text, flag boolean)')
+        with con.cursor() as cur:
+            cur.executemany("INSERT INTO public.typed VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", [
+                (-2**63, 0.1, Decimal("-12345678901234.5678"), datetime(1, 1, 1).date(), datetime(2026, 11, 2, 9, 0, 0, 123456),
+                 datetime.fromisoformat("2026-07-01T12:00:00.5+02:00"), text, True),
+                (2**63 - 1, float("inf"), Decimal("0.0001"), datetime(9999, 12, 31).date(), datetime(1970, 1, 1),
+                 datetime.fromisoformat("1969-12-31T23:59:59.999999+00:00"), "", False),
+                (0, 1.0000000000000002, None, None, None, None, "NULL", None),
+                (1, None, Decimal(0), datetime(2026, 1, 1).date(), None, None, None, None)])
+    spec = DatasetSpec.model_validate(TYPED_SPEC)
+    db = Database(pg, DB_PASSWORD)
+    copied = db.extract(lake_env, spec)
+    db.copies = False
+    paged = db.extract(lake_env, spec, full_load=True)
+    assert copied.pages == 1 and paged.pages == 1 and copied.rows == paged.rows == 4
+    assert copied.watermark == [datetime.fromisoformat("2026-07-01T10:00:00.5+00:00")]
+    from_copy = pq.read_table(lake_env.landing.path(copied.landing_key))
+    from_pages = pq.read_table(lake_env.landing.path(paged.landing_key))
+    assert from_copy.schema == from_pages.schema
+    # Equal but for the change timestamp of rows without a watermark: each extraction's own start.
+    unstamped = ["extraction_timestamp"]
+    assert from_copy.drop_columns(unstamped).sort_by("id").equals(from_pages.drop_columns(unstamped).sort_by("id"))
+    rows = {r["id"]: r for r in from_copy.to_pylist()}
+    assert rows[-2**63]["order"] == text and rows[2**63 - 1]["order"] == "" and rows[0]["order"] == "NULL"
+    assert rows[1]["order"] is None and rows[1]["ratio"] is None and rows[0]["amount"] is None
+    assert rows[-2**63]["amount"] == Decimal("-12345678901234.5678") and rows[0]["ratio"] == 1.0000000000000002
+    assert str(rows[-2**63]["changed_at"]) == "2026-07-01 10:00:00.500000+00:00"
+    assert rows[-2**63]["extraction_timestamp"] == datetime(2026, 7, 1, 10, 0, 0, 500000)  # the row's watermark, UTC
+
+
+def test_a_copy_that_dies_mid_read_names_dataset_and_table_and_writes_nothing(tmp_path, monkeypatch, pg,
+                                                                              cases_table, lake_env):
+    from quayside.database import Database
+
+    with pg_connect(pg) as con:  # a source whose backend is killed after 1,000 rows have been sent
+        con.execute("CREATE VIEW casework.cases_dying AS SELECT * FROM (SELECT c.*, row_number() OVER () AS n "
+                    "FROM casework.cases c) s WHERE n <= 1000 OR pg_terminate_backend(pg_backend_pid())")
+    datasets, _ = cases_project(tmp_path, pg, monkeypatch)
+    spec = load_spec(datasets / "courts/cases.yaml")
+    spec = spec.model_copy(update={"source": spec.source.model_copy(update={
+        "table": spec.source.table.model_copy(update={"table": "casework.cases_dying"})})})
+    with pytest.raises(ExtractError, match=r"courts\.cases: reading casework\.cases_dying failed after 2 "
+                                           r"attempt\(s\): terminating connection due to administrator command"):
+        Database(pg, DB_PASSWORD, retries=1).extract(lake_env, spec)
+    assert not list(lake_env.landing.list()) and last_extraction(lake_env, spec) is None
 
 
 def test_bad_database_password_is_a_clear_error_and_writes_nothing(tmp_path, monkeypatch, pg, cases_table, lake_env):

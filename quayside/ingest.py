@@ -276,18 +276,19 @@ class MalformedCsv(Exception):
     `name_malformed_lines`, so that DuckDB's reader names each malformed line."""
 
 
-# A CSV file is read, validated and written this much (of Arrow data) at a time: memory holds one
+# A CSV or Parquet file is read, validated and written this much (of Arrow data) at a time: memory holds one
 # chunk's rows whatever the file's size.
-CSV_CHUNK_BYTES = 64 << 20
+CHUNK_BYTES = 64 << 20
 # pyarrow's streaming reader reads up to 32 blocks ahead of the consumer: small blocks keep that
 # buffer at 32 MB (with 64 MB blocks it held 2 GB of a 2 GB file).
 CSV_BLOCK_BYTES = 1 << 20
+PARQUET_BATCH_ROWS = 64 * 1024  # decoded this many rows at a time
 
 
 def read_raw_file(lake: Lake, spec: DatasetSpec, raw_key: str, con: duckdb.DuckDBPyConnection,
                   name_malformed_lines: bool = False) -> Iterator[FileRead]:
-    """Read, type and validate one raw file, a chunk at a time: CSV is streamed in chunks of
-    `CSV_CHUNK_BYTES`, other formats (and CSV read by DuckDB) come as one chunk. Raises
+    """Read, type and validate one raw file, a chunk at a time: CSV and Parquet are streamed in
+    chunks of `CHUNK_BYTES`; JSON Lines (and CSV read by DuckDB) come as one chunk. Raises
     IngestError when the whole file is unusable, MalformedCsv (possibly after some chunks) when
     pyarrow finds a malformed CSV row."""
     info = lake.raw.info(raw_key)
@@ -296,28 +297,28 @@ def read_raw_file(lake: Lake, spec: DatasetSpec, raw_key: str, con: duckdb.DuckD
     if info.size == 0:
         raise IngestError(f"{spec.key}: {raw_key}: empty file (0 bytes)")
     fmt = spec.source.format
+    if fmt == "parquet":
+        try:
+            parquet = pq.ParquetFile(lake.raw.open(raw_key))
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise IngestError(f"{spec.key}: {raw_key}: cannot read parquet: {_first_line(exc)}") from None
+        names = parquet.schema_arrow.names
+        chunks = _parquet_chunks(spec, raw_key, parquet)
+        yield from _validated_chunks(spec, raw_key, names, _check_columns(spec, raw_key, names), con, chunks)
+        return
     if fmt == "csv":
         names = _csv_header(lake.raw, spec, raw_key)
-        new_columns = _check_columns(spec, raw_key, names)
         if not name_malformed_lines:
-            for chunk in _csv_chunks(lake.raw, spec, raw_key, names):
-                con.register("csv_chunk", chunk)
-                try:
-                    yield _validated(spec, raw_key, "csv_chunk", names, new_columns, con, chunk, [])
-                finally:
-                    con.unregister("csv_chunk")  # free the chunk's buffers before the next one
+            chunks = _csv_chunks(lake.raw, spec, raw_key, names)
+            yield from _validated_chunks(spec, raw_key, names, _check_columns(spec, raw_key, names), con, chunks)
             return
     path = lake.raw.duckdb_path(raw_key)
     try:
         rejected = []
         if fmt == "csv":
             source, rejected = _read_csv_duckdb(spec, raw_key, path, names, con)
-        elif fmt == "jsonl":
-            source = _read_jsonl(spec, path, con)
         else:
-            con.execute(f"CREATE OR REPLACE TEMP TABLE parquet_raw AS "
-                        f"SELECT * FROM read_parquet('{_escape(path)}', hive_partitioning=false)")
-            source = _numbered(con, "parquet_raw", "parquet_rows")
+            source = _read_jsonl(spec, path, con)
         names = [name for name, *_ in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()]
     except duckdb.Error as exc:
         raise IngestError(f"{spec.key}: {raw_key}: cannot read {fmt}: {_first_line(exc)}") from None
@@ -332,6 +333,16 @@ def read_whole_file(lake: Lake, spec: DatasetSpec, raw_key: str, con: duckdb.Duc
         chunks = list(read_raw_file(lake, spec, raw_key, con, name_malformed_lines=True))
     return FileRead(raw_key, sum(c.rows_in for c in chunks), pa.concat_tables(c.valid for c in chunks),
                     [row for c in chunks for row in c.rejected], chunks[0].new_columns)
+
+
+def _validated_chunks(spec: DatasetSpec, raw_key: str, names: list[str], new_columns: list[str],
+                      con: duckdb.DuckDBPyConnection, chunks: Iterator[pa.Table]) -> Iterator[FileRead]:
+    for chunk in chunks:
+        con.register("file_chunk", chunk)
+        try:
+            yield _validated(spec, raw_key, "file_chunk", names, new_columns, con, chunk, [])
+        finally:
+            con.unregister("file_chunk")  # free the chunk's buffers before the next one
 
 
 def _validated(spec: DatasetSpec, raw_key: str, source: str, names: list[str], new_columns: list[str],
@@ -443,13 +454,26 @@ def _csv_chunks(storage: Storage, spec: DatasetSpec, raw_key: str, names: list[s
             raise MalformedCsv(raw_key) from None
 
 
-def _chunked(reader: pa.RecordBatchReader) -> Iterator[list[pa.RecordBatch]]:
-    """The reader's batches in lists of about CSV_CHUNK_BYTES."""
+def _parquet_chunks(spec: DatasetSpec, raw_key: str, parquet: pq.ParquetFile) -> Iterator[pa.Table]:
+    """The file's rows, with `_row`, a chunk at a time (row groups decoded as needed)."""
+    done = 0
+    try:
+        for batches in _chunked(parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS)):
+            yield _numbered_chunk(pa.Table.from_batches(batches, parquet.schema_arrow), done)
+            done += sum(b.num_rows for b in batches)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise IngestError(f"{spec.key}: {raw_key}: cannot read parquet: {_first_line(exc)}") from None
+    if not done:
+        yield _numbered_chunk(parquet.schema_arrow.empty_table(), 0)
+
+
+def _chunked(reader: Iterable[pa.RecordBatch]) -> Iterator[list[pa.RecordBatch]]:
+    """The reader's batches in lists of about CHUNK_BYTES."""
     chunk, size = [], 0
     for batch in reader:
         chunk.append(batch)
         size += batch.nbytes
-        if size >= CSV_CHUNK_BYTES:
+        if size >= CHUNK_BYTES:
             yield chunk
             chunk, size = [], 0
     if chunk:

@@ -240,7 +240,8 @@ def many_rows(count: int, bad: dict[int, bytes] | None = None) -> bytes:
 def small_chunks(monkeypatch):
     """CSV files are read in chunks of ~1 kB (a few dozen rows), as a multi-GB file is in 64 MB chunks."""
     monkeypatch.setattr(ingest, "CSV_BLOCK_BYTES", 1024)
-    monkeypatch.setattr(ingest, "CSV_CHUNK_BYTES", 1024)
+    monkeypatch.setattr(ingest, "PARQUET_BATCH_ROWS", 100)
+    monkeypatch.setattr(ingest, "CHUNK_BYTES", 1024)
 
 
 def test_a_file_is_staged_in_chunks_with_file_row_numbers_and_duplicates_across_chunks(local_lake, small_chunks):
@@ -278,6 +279,21 @@ def test_a_malformed_row_late_in_a_file_leaves_no_trace_of_the_chunks_already_wr
     referenced = {Path(p).name for p in table.inspect.files()["file_path"].to_pylist()}
     on_disk = {p.name for p in Path(table.location().removeprefix("file://"), "data").rglob("*.parquet")}
     assert on_disk == referenced  # the abandoned first read's data files were deleted
+
+
+def test_a_parquet_file_is_staged_in_chunks_with_file_row_numbers(local_lake, small_chunks):
+    spec = population_spec(source={"format": "parquet"})
+    codes = [f"{chr(65 + i // 676)}{chr(65 + i // 26 % 26)}{chr(65 + i % 26)}" for i in range(3000)]
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"snapshot_date": [DAY] * 3000, "establishment_code": codes,
+                             "population": [-1 if i == 2499 else i for i in range(3000)],
+                             "category": ["A"] * 3000}), buf, row_group_size=500)
+    deliver(local_lake, "pop_2026-11-01.parquet", buf.getvalue())
+    report = run(local_lake, spec)
+    assert (report.rows_in, report.rows_staged, report.rows_quarantined) == (3000, 2999, 1)
+    (row,) = quarantined(local_lake)
+    assert row["row_number"] == 2500 and "below the minimum" in row["reason"]
+    assert len(local_lake.load_table(spec.staged_namespace, spec.name).inspect.files()) > 2
 
 
 def test_after_ingest_delete_removes_landing_only_after_verified_copy(lake):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from benchmarks.harness import ROOT, machine, versions
 
-SCENARIOS = {"1": "csv_ingest", "3": "cdc_merge", "4": "sensor_tick"}
+SCENARIOS = {"1": "csv_ingest", "3": "cdc_merge", "4": "sensor_tick", "5": "code_location_load", "6": "backfill"}
 DOCS = ROOT / "docs"
 RESULTS = DOCS / "benchmarks" / "results.json"
 PEERS = ("quayside", "dlt", "pyiceberg", "dagster", "dagster-aws", "duckdb", "pyarrow", "psycopg", "connectorx")

@@ -53,7 +53,12 @@ class QuaysideTranslator(DagsterDbtTranslator):
 def dbt_build(dbt: DbtCliResource, context: dg.AssetExecutionContext, *args: str):
     """`dbt build` with each model's column types and column-level lineage attached for the UI."""
     try:
-        yield from dbt.cli(["build", *args], context=context).stream().fetch_column_metadata()
+        invocation = dbt.cli(["build", *args], context=context)
+        # On DuckDB dagster-dbt attaches column metadata only once dbt has exited (its file lock), and
+        # waits for that in a busy loop that takes a core from dbt itself: wait here (blocking), then
+        # replay dbt's buffered events. Errors are raised by the replay as before.
+        invocation.is_successful()
+        yield from invocation.stream().fetch_column_metadata()
     finally:
         # The column metadata is read through an in-process dbt-duckdb adapter, which keeps the
         # database file open (keep_open): close it, or the next dbt process cannot lock the file.

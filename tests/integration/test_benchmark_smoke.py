@@ -16,7 +16,8 @@ def test_make_bench_quick_run_of_the_side_by_side_scenarios():
     result = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick"],
                             capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
-    for contender in ("quayside", "dlt_iceberg", "dlt_parquet", "dagster_aws", "pyiceberg_upsert", "limit"):
+    for contender in ("quayside", "dlt_iceberg", "dlt_parquet", "dagster_aws", "pyiceberg_upsert", "dagster_dbt",
+                      "per_partition", "limit"):
         assert contender in result.stdout
-    for scenario in ("1", "3", "4"):
+    for scenario in ("1", "3", "4", "5", "6"):
         assert f"scenario {scenario} took" in result.stdout

@@ -140,7 +140,7 @@ def limit(clock, home: str, datasets: str, landing: str, days: int) -> dict:
 
 # --- the scenario --------------------------------------------------------------------------
 def run(data: Path, work: Path, quick: bool, repetitions: int) -> dict:
-    days, sampled = (3, 1) if quick else (365, 10)
+    days, sampled = (3, 1) if quick else (365, 5)
     datasets = work / "s6" / "datasets"
     write_datasets(datasets)
     landing = generate(data / "s6", datasets, days)

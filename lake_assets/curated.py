@@ -17,13 +17,23 @@ DBT_DIR = Path(__file__).resolve().parent.parent / "dbt_project"
 DBT_PROJECT = DbtProject(project_dir=DBT_DIR, profiles_dir=DBT_DIR)
 DAILY_MODELS = "tag:daily"  # incremental models partitioned by day
 MART_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=30), warn_window=timedelta(hours=26))
+CURATED_AUTOMATION = dg.AutomationCondition.eager()  # curated follows staged; built once, shared by every model
 
 
 class QuaysideTranslator(DagsterDbtTranslator):
     """Curated assets: key curated/<domain>/<model>, grouped by domain, owners and freshness from dbt."""
 
     def get_asset_spec(self, manifest: dict[str, Any], unique_id: str, project: DbtProject | None) -> dg.AssetSpec:
-        spec = super().get_asset_spec(manifest, unique_id, project)
+        # dagster-dbt asks again for a node's spec for every node downstream of it (and per @dbt_assets):
+        # build each one once, or the load grows with the edges of the DAG, not its nodes.
+        built = self.__dict__.setdefault("_curated_specs", {})
+        memo_id = (id(manifest), unique_id, id(project))
+        if memo_id not in built:
+            built[memo_id] = self._curated_spec(manifest, unique_id, super().get_asset_spec(manifest, unique_id, project))
+        return built[memo_id]
+
+    @staticmethod
+    def _curated_spec(manifest: dict[str, Any], unique_id: str, spec: dg.AssetSpec) -> dg.AssetSpec:
         node = manifest["nodes"].get(unique_id)
         if node is None:  # a source: its asset key comes from meta (the staged asset)
             return spec
@@ -36,14 +46,19 @@ class QuaysideTranslator(DagsterDbtTranslator):
             group_name=domain,
             owners=[owner] if owner else spec.owners,
             freshness_policy=MART_FRESHNESS if layer == "marts" else None,
-            automation_condition=dg.AutomationCondition.eager(),  # curated follows staged
+            automation_condition=CURATED_AUTOMATION,
         ).merge_attributes(kinds={"iceberg"} if layer == "marts" else set())
 
 
 def dbt_build(dbt: DbtCliResource, context: dg.AssetExecutionContext, *args: str):
     """`dbt build` with each model's column types and column-level lineage attached for the UI."""
     try:
-        yield from dbt.cli(["build", *args], context=context).stream().fetch_column_metadata()
+        invocation = dbt.cli(["build", *args], context=context)
+        # On DuckDB dagster-dbt attaches column metadata only once dbt has exited (its file lock), and
+        # waits for that in a busy loop that takes a core from dbt itself: wait here (blocking), then
+        # replay dbt's buffered events. Errors are raised by the replay as before.
+        invocation.is_successful()
+        yield from invocation.stream().fetch_column_metadata()
     finally:
         # The column metadata is read through an in-process dbt-duckdb adapter, which keeps the
         # database file open (keep_open): close it, or the next dbt process cannot lock the file.

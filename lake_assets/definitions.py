@@ -6,9 +6,10 @@ from datetime import date
 from pathlib import Path
 
 import dagster as dg
+from dagster_dbt import DbtProject
 
 from lake_assets import analysis, maintenance, prepared
-from lake_assets.curated import build_curated_assets
+from lake_assets.curated import DBT_PROJECT, build_curated_assets
 from lake_assets.factory import build_dataset
 from quayside.connections import LANDING, source_mismatch
 from quayside.specs import load_specs
@@ -20,7 +21,9 @@ DATASETS = Path(__file__).parent / "datasets"
 CONNECTIONS = Path(__file__).parent / "connections.yaml"
 
 
-def build_definitions(datasets: Path = DATASETS, connections: Path = CONNECTIONS) -> dg.Definitions:
+def build_definitions(datasets: Path = DATASETS, connections: Path = CONNECTIONS,
+                      dbt_project: DbtProject = DBT_PROJECT) -> dg.Definitions:
+    """`dbt_project` is the curated layer's dbt project, its manifest already prepared (`dbt parse`)."""
     specs = load_specs(datasets)
     sources = connection_resources(connections)
     kinds = {LANDING: LANDING} | {name: resource.type for name, resource in sources.items()}
@@ -35,13 +38,13 @@ def build_definitions(datasets: Path = DATASETS, connections: Path = CONNECTIONS
     freshness_checks = [c for d in per_dataset for c in (d.asset_checks or []) if "freshness" in str(c.check_keys)]
     platform = dg.Definitions(
         assets=[prepared.defendant_profiles, *build_curated_assets(
-            dg.DailyPartitionsDefinition(start_date=first_day.isoformat())), analysis.population_forecast],
+            dg.DailyPartitionsDefinition(start_date=first_day.isoformat()), dbt_project), analysis.population_forecast],
         sensors=[alert_on_run_failure, dg.AutomationConditionSensorDefinition(
             "default_automation_condition_sensor", target=dg.AssetSelection.all(),
             default_status=dg.DefaultSensorStatus.RUNNING)] + ([dg.build_sensor_for_freshness_checks(
             freshness_checks=freshness_checks, default_status=dg.DefaultSensorStatus.RUNNING)]
             if freshness_checks else []),
-        resources=build_resources(sources),
+        resources=build_resources(sources, dbt_project),
     )
     return dg.Definitions.merge(*per_dataset, platform, maintenance.defs)
 

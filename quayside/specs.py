@@ -363,7 +363,8 @@ def _format_error(path: Path, exc: ValidationError) -> str:
 
 def load_spec(path: Path) -> DatasetSpec:
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        # libyaml's safe loader: the same documents, several times faster (a code location loads every spec)
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=yaml.CSafeLoader)
     except yaml.YAMLError as exc:
         raise SpecError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):

@@ -11,10 +11,14 @@ import os
 import sys
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
 from quayside.lake import DEFAULT_HOME, Lake, LakeSettings
+
+if TYPE_CHECKING:
+    from dagster_dbt import DbtProject
 
 class LakeResource(dg.ConfigurableResource):
     """The lake: storage zones, the Iceberg catalog and DuckDB, for one profile."""
@@ -53,8 +57,10 @@ def lake_resource() -> LakeResource:
         athena_workgroup=_env("QUAYSIDE_ATHENA_WORKGROUP", settings.athena_workgroup),
     )
 
-def build_resources(connections: dict[str, dg.ConfigurableResource] | None = None) -> dict[str, object]:
-    """The lake, its IO manager, dbt, and the source connections' resources (by name)."""
+def build_resources(connections: dict[str, dg.ConfigurableResource] | None = None,
+                    dbt_project: DbtProject | None = None) -> dict[str, object]:
+    """The lake, its IO manager, dbt (the curated layer's project by default), and the source
+    connections' resources (by name)."""
     from dagster_dbt import DbtCliResource
 
     from lake_assets.curated import DBT_PROJECT
@@ -64,5 +70,5 @@ def build_resources(connections: dict[str, dg.ConfigurableResource] | None = Non
     dbt_executable = str(Path(sys.executable).parent / "dbt")  # the venv's dbt, whatever PATH says
     lake = lake_resource()
     return {"lake": lake, "lake_io": LakeIOManager(lake=lake),
-            "dbt": DbtCliResource(project_dir=DBT_PROJECT, dbt_executable=dbt_executable),
+            "dbt": DbtCliResource(project_dir=dbt_project or DBT_PROJECT, dbt_executable=dbt_executable),
             **(connections or {})}

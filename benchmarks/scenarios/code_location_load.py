@@ -185,6 +185,7 @@ def validate(clock, location: str, dagster_dev: bool = False) -> dict:
         os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # the venv's dbt
     from dagster._cli import cli
 
+    os.environ.pop("DAGSTER_HOME", None)  # an ephemeral instance: `make`'s DAGSTER_HOME may not exist yet
     cli.main(["definitions", "validate", "-f", location, "--log-level", "warning"], standalone_mode=False)
     return {"cpu_seconds": time.process_time()}  # the machine is shared: CPU time says what wall time may not
 

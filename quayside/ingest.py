@@ -24,6 +24,7 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from pathlib import PurePosixPath
+from typing import TypeVar
 
 import duckdb
 import numpy as np
@@ -271,6 +272,9 @@ class FileRead:
     new_columns: list[str] = field(default_factory=list)
 
 
+T = TypeVar("T")
+
+
 class MalformedCsv(Exception):
     """pyarrow met a row that is not a well-formed record: read the file again with
     `name_malformed_lines`, so that DuckDB's reader names each malformed line."""
@@ -325,12 +329,23 @@ def read_raw_file(lake: Lake, spec: DatasetSpec, raw_key: str, con: duckdb.DuckD
     yield _validated(spec, raw_key, source, names, _check_columns(spec, raw_key, names), con, None, rejected)
 
 
+def consume_raw_file(lake: Lake, spec: DatasetSpec, raw_key: str, con: duckdb.DuckDBPyConnection,
+                     consume: Callable[[Iterator[FileRead]], T]) -> T:
+    """`consume(chunks)` of one file; again from the start with DuckDB's reader if pyarrow finds a
+    malformed CSV row (`consume` must undo what it did with the first chunks when it raises)."""
+    # closing(): a file abandoned midway releases its chunk before the connection goes
+    try:
+        with closing(read_raw_file(lake, spec, raw_key, con)) as chunks:
+            return consume(chunks)
+    except MalformedCsv:
+        pass
+    with closing(read_raw_file(lake, spec, raw_key, con, name_malformed_lines=True)) as chunks:
+        return consume(chunks)
+
+
 def read_whole_file(lake: Lake, spec: DatasetSpec, raw_key: str, con: duckdb.DuckDBPyConnection) -> FileRead:
     """All of one file's rows at once (a CDC batch is merged as a whole)."""
-    try:
-        chunks = list(read_raw_file(lake, spec, raw_key, con))
-    except MalformedCsv:
-        chunks = list(read_raw_file(lake, spec, raw_key, con, name_malformed_lines=True))
+    chunks = consume_raw_file(lake, spec, raw_key, con, list)
     return FileRead(raw_key, sum(c.rows_in for c in chunks), pa.concat_tables(c.valid for c in chunks),
                     [row for c in chunks for row in c.rejected], chunks[0].new_columns)
 
@@ -676,8 +691,8 @@ def stage(lake: Lake, spec: DatasetSpec, batches: date | list[date] | None = Non
     """Build the staged table (or some daily batches of it) from the raw zone; idempotent.
 
     Files are read, validated and written to Iceberg data files a chunk at a time, so memory
-    holds one chunk's rows whatever the file's or the batch's size; the batch (a day, a backfill range, or everything)
-    is then replaced in one commit.
+    holds one chunk's rows whatever the file's or the batch's size; the batch (a day, a backfill
+    range, or everything) is then replaced in one commit.
     """
     if spec.load_mode == "cdc":
         return stage_cdc(lake, spec, run_id)
@@ -801,14 +816,8 @@ class _BatchWriter:
         self.preview: pa.Table | None = None
 
     def add_file(self, f: dict, con: duckdb.DuckDBPyConnection) -> FileRead:
-        """Stage one raw file; returns its totals (rows in, rejected rows, new columns)."""
-        # closing(): a file abandoned midway releases its chunk before the connection goes
-        try:
-            with closing(read_raw_file(self.lake, self.spec, f["raw_key"], con)) as chunks:
-                return self._add_chunks(f, chunks)
-        except MalformedCsv:
-            with closing(read_raw_file(self.lake, self.spec, f["raw_key"], con, name_malformed_lines=True)) as chunks:
-                return self._add_chunks(f, chunks)
+        """Stage one raw file; returns its totals (rows in, new columns)."""
+        return consume_raw_file(self.lake, self.spec, f["raw_key"], con, lambda chunks: self._add_chunks(f, chunks))
 
     def _add_chunks(self, f: dict, chunks: Iterable[FileRead]) -> FileRead:
         totals = FileRead(f["raw_key"], 0, pa.table({}), [])
@@ -865,7 +874,7 @@ class _SeenKeys:
         self.con = duckdb.connect() if spec.primary_key else None
         self.keys = ", ".join(f'"{k}"' for k in spec.primary_key)
         self.runs: list[np.ndarray] = []
-        self.at_file_start = self.runs
+        self.at_file_start: list[np.ndarray] = []
 
     # One file's keys are one transaction: a file that fails midway is forgotten.
     def begin(self) -> None:

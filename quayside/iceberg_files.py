@@ -1,21 +1,30 @@
 """Iceberg data files written by Quayside itself and committed in one snapshot, where pyiceberg's
 `Table.overwrite` would be slow (it filters the whole input once per partition) or would need the
-whole input in memory at once (staging writes each raw file's rows as soon as they are read).
+whole input in memory at once (staging writes each raw file's rows as soon as they are read; a
+CDC merge has DuckDB stream a query's rows into the table's files).
 """
 
 from __future__ import annotations
 
 import itertools
 import uuid
+from pathlib import Path
+from urllib.parse import urlparse
 
+import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.expressions import AlwaysTrue, BooleanExpression
-from pyiceberg.io.pyarrow import ArrowScan, bin_pack_arrow_table, write_file
+from pyiceberg.io.pyarrow import ArrowScan, bin_pack_arrow_table, parquet_file_to_data_file, write_file
 from pyiceberg.manifest import DataFile
 from pyiceberg.partitioning import PartitionField, PartitionFieldValue, PartitionKey
 from pyiceberg.table import FileScanTask, Table, TableProperties, Transaction, WriteTask
+from pyiceberg.transforms import MonthTransform
+from pyiceberg.utils.concurrent import ExecutorFactory
 from pyiceberg.utils.properties import property_as_int
+
+
+PARQUET_CODECS = ("zstd", "snappy", "gzip", "lz4", "brotli", "uncompressed")
 
 
 def partition_field(table: Table) -> tuple[PartitionField, str] | None:
@@ -55,13 +64,53 @@ def write_slices(table: Table, slices: list[tuple[PartitionKey | None, pa.Table]
     """Parquet files for the slices (rows already in the table's schema), written in parallel by
     pyiceberg as `Table.append` would, but not committed. Files are cut at `target_file_size`
     bytes of Arrow data (default: the table's `write.target-file-size-bytes`)."""
-    target = target_file_size or property_as_int(table.properties, TableProperties.WRITE_TARGET_FILE_SIZE_BYTES,
-                                                 TableProperties.WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT)
+    target = target_file_size or _target_file_size(table)
     write_uuid, counter = uuid.uuid4(), itertools.count()
     tasks = (WriteTask(write_uuid=write_uuid, task_id=next(counter), schema=table.schema(), record_batches=batches,
                        partition_key=key)
              for key, part in slices for batches in bin_pack_arrow_table(part, target))
     return list(write_file(table.io, table.metadata, tasks))
+
+
+def write_query(con: duckdb.DuckDBPyConnection, table: Table, query: str) -> list[DataFile]:
+    """Parquet files of the rows of a DuckDB `query` (columns named as the table's), written by
+    DuckDB straight into the table's folder, one or more per partition, not committed. DuckDB
+    streams the rows and writes on every core: no Arrow copy of them is ever held, and files
+    carry the Iceberg field ids, so any Iceberg reader maps their columns by id."""
+    schema = table.schema()
+    field_ids = ", ".join(f"'{f.name}': {f.field_id}" for f in schema.fields)
+    codec = table.properties.get(TableProperties.PARQUET_COMPRESSION, TableProperties.PARQUET_COMPRESSION_DEFAULT)
+    if codec not in PARQUET_CODECS:
+        raise ValueError(f"table {table.name()}: unknown Parquet compression {codec!r}")
+    options = ["FORMAT parquet", f"FIELD_IDS {{{field_ids}}}", "RETURN_FILES true", "APPEND true", "FILENAME_PATTERN 'cdc-{uuid}'",
+               f"COMPRESSION {codec}"]
+    if level := table.properties.get(TableProperties.PARQUET_COMPRESSION_LEVEL):
+        options.append(f"COMPRESSION_LEVEL {int(level)}")
+    partitioning = partition_field(table)
+    if partitioning is None:
+        options.append(f"FILE_SIZE_BYTES {_target_file_size(table)}")
+    else:  # a folder per partition, named like pyiceberg's (the partition comes from the files' statistics)
+        field, column = partitioning
+        granularity = "%Y-%m" if isinstance(field.transform, MonthTransform) else "%Y-%m-%d"
+        query = f'SELECT *, strftime("{column}", \'{granularity}\') AS "{field.name}" FROM ({query})'
+        options.append(f'PARTITION_BY ("{field.name}")')
+    folder = f"{table.location()}/data"
+    local = urlparse(folder).path if urlparse(folder).scheme == "file" else None
+    if local:  # DuckDB creates partition folders, not their parent
+        Path(local).mkdir(parents=True, exist_ok=True)
+    _, files = con.execute(f"COPY ({query}) TO '{local or folder}' ({', '.join(options)})").fetchone()
+    # DuckDB answers with local paths; the table's files are named under its location, as pyiceberg does.
+    uris = [folder + f.removeprefix(local) if local else f for f in files]
+
+    def describe(uri: str) -> DataFile:  # statistics and partition from the footer, as pyiceberg's add_files
+        return parquet_file_to_data_file(table.io, table.metadata, uri)
+
+    return list(ExecutorFactory.get_or_create().map(describe, uris))  # a footer read each: parallel on S3
+
+
+def _target_file_size(table: Table) -> int:
+    return property_as_int(table.properties, TableProperties.WRITE_TARGET_FILE_SIZE_BYTES,
+                           TableProperties.WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT)
 
 
 def read_files(table: Table, files: list[FileScanTask]) -> pa.Table:

@@ -1,7 +1,7 @@
 """Runs one benchmark contender in a process of its own: `python -m benchmarks.child module:function '{json}'`.
 
 The function gets its keyword arguments and a `clock`; it calls `clock.start()` once its imports
-and set-up are done, so only the work is timed. It may return a dict of extra figures. One JSON
+and set-up are done, so only the work is timed (and `clock.stop()` if it measures more after). It may return a dict of extra figures. One JSON
 line goes to stdout: {"seconds": ..., "peak_rss_mb": ..., **extra}.
 """
 
@@ -14,9 +14,13 @@ import time
 class Clock:
     def __init__(self) -> None:
         self.started = time.perf_counter()
+        self.stopped: float | None = None
 
     def start(self) -> None:
         self.started = time.perf_counter()
+
+    def stop(self) -> None:
+        self.stopped = time.perf_counter()
 
 
 def main() -> None:
@@ -25,7 +29,7 @@ def main() -> None:
     contender = getattr(importlib.import_module(module), function)
     clock = Clock()
     extra = contender(clock=clock, **arguments) or {}
-    seconds = time.perf_counter() - clock.started
+    seconds = (clock.stopped or time.perf_counter()) - clock.started
     print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_rss_mb(), **extra}), flush=True)
 
 

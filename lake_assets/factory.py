@@ -12,6 +12,7 @@ import dagster as dg
 from lake_assets.metadata import figure_markdown, new_figure, preview_markdown
 from quayside import checks
 from quayside.extract import Extraction
+from quayside.iceberg_files import live_rows
 from quayside.ingest import LandReport, StageReport, land, stage
 from quayside.specs import DatasetSpec
 from resources import LakeResource
@@ -114,8 +115,8 @@ def build_dataset(spec: DatasetSpec) -> dg.Definitions:
         yield dg.MaterializeResult(asset_key=staged_key, metadata=stage_metadata(spec, report, lake))
         if spec.load_mode == "cdc":
             history = lake.lake.load_table(spec.staged_namespace, spec.history_table)
-            rows = history.current_snapshot().summary.get("total-records") if history and history.current_snapshot() else 0
-            yield dg.MaterializeResult(asset_key=history_key, metadata={"dagster/row_count": int(rows or 0)})
+            rows = live_rows(history.current_snapshot()) if history else 0
+            yield dg.MaterializeResult(asset_key=history_key, metadata={"dagster/row_count": rows})
 
     definitions = [raw_asset, staged_asset]
     asset_checks = build_checks(spec, staged_key)
@@ -190,7 +191,7 @@ def stage_metadata(spec: DatasetSpec, report: StageReport, lake: LakeResource) -
     table = lake.lake.load_table(spec.staged_namespace, spec.name)
     snapshot = table.current_snapshot() if table else None
     metadata = {
-        "dagster/row_count": int(snapshot.summary.get("total-records", 0)) if snapshot else 0,
+        "dagster/row_count": live_rows(snapshot),
         "rows_in": report.rows_in,
         "rows_staged": report.rows_staged,
         "rows_quarantined": report.rows_quarantined,

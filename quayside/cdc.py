@@ -30,23 +30,23 @@ Rules:
 
 How a merge stays cheap (pyiceberg's `upsert` builds a per-row filter and is ~20x slower):
 the partition column must be immutable and present in change rows, so all versions of a key
-live in one partition. The merge finds the partitions the changes fall into and the history
-data files of those partitions (metadata tells which); DuckDB reads those files itself,
-re-chains only the keys that got new versions, and streams the rows into new files of
-history and current, which replace exactly the old ones with one commit each (an Iceberg
-overwrite that removes whole files). Current is derived from the recomputed history and
-never read. A full load, an
-unpartitioned table, or a change row without a partition value rewrites the whole table
-(a 'D' row without one, as DMS sends for key-only deletes, takes its key's value from the
-version before it). Current is committed before history: if the second commit fails, history
-does not hold the changes yet, so re-applying them redoes both.
+live in one partition. The merge finds the partitions the changes fall into and their data
+files (metadata tells which); DuckDB reads those files itself (key columns and positions for
+current, whole rows of the matching keys for history), re-chains only the keys that got new
+versions, and each table gets one commit that adds the new rows and a position-delete file per
+partition naming the rows they replace (merge-on-read, as Athena's MERGE does): no data file
+is rewritten, so the time grows with the changes, not with the table. Readers (DuckDB's
+`iceberg_scan`, pyiceberg, Athena) skip deleted positions; the nightly maintenance compacts
+every partition with deletes back into plain files. Current is derived from the recomputed
+history and never read but for the positions of its rows. A full load, an unpartitioned
+table, or a change row without a partition value reads the whole table (a 'D' row without
+one, as DMS sends for key-only deletes, takes its key's value from the version before it).
+Current is committed before history: if the second commit fails, history does not hold the
+changes yet, so re-applying them redoes both.
 
-Time grows with the rows of the touched partitions, not of the changes: this is
-copy-on-write (pyiceberg 0.11 cannot write delete files), so a few changes scattered over
-old partitions rewrite all of them. Memory does not: rows stream through DuckDB, which
-holds only the keys being re-chained (5,000,000 rows: 640 MB peak, 2.5 GB when the rows
-went through Arrow). Columns the change rows bring that the tables lack
-(schema drift) are added to both tables.
+Memory holds the changes and the re-chained keys' versions, never the table: rows stream
+through DuckDB. Columns the change rows bring that the tables lack (schema drift) are added to
+both tables.
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ import pyarrow.compute as pc
 from pyiceberg.expressions import And, GreaterThanOrEqual, LessThanOrEqual
 from pyiceberg.table import FileScanTask, Table
 
-from quayside.iceberg_files import partition_field, partition_values, replace_files, write_query
+from quayside.iceberg_files import (add_rows_and_deletes, live_rows, partition_field, partition_slices,
+                                   partition_values, write_position_deletes, write_slices)
 from quayside.lake import Lake
 from quayside.specs import LINEAGE_COLUMNS, DatasetSpec
 
@@ -73,7 +74,7 @@ class CdcResult:
     changes_in: int  # change rows received
     changes_applied: int  # rows new to history (re-applied rows are not counted)
     rows_current: int  # rows in the current-state table after the merge
-    partitions_touched: int  # Iceberg partitions rewritten (0 if unpartitioned: the whole table)
+    partitions_touched: int  # Iceberg partitions changed (0 if unpartitioned)
     closed_by_full_load: int  # keys closed because a full load did not contain them
 
 
@@ -93,24 +94,19 @@ def apply_changes(lake: Lake, spec: DatasetSpec, changes: pa.Table, full_load: b
     current_files = _data_files(current, changes, touched)
     con = duckdb.connect()
     try:
-        lake.attach(con, views=False)  # reads and writes the tables' files, on S3 too
-        con.execute("SET preserve_insertion_order = false")  # rows are written in any order, on every core
-        merge = _Merge(con, spec, base.names, changes, _arrow_schema(history), history_files)
+        lake.attach(con, views=False)  # reads the tables' files, on S3 too
+        merge = _Merge(con, spec, base.names, changes, _arrow_schema(history), history_files, current_files)
         new, closed = merge.new_versions(full_load)
         if new == 0:
             return CdcResult(changes.num_rows, 0, _row_count(current), 0, 0)
-        history_rows = merge.history_rows()
-        columns = ", ".join(f'"{c}"' for c in base.names)
-        current_new = write_query(con, current, f"SELECT {columns} FROM ({history_rows}) WHERE is_current")
-        history_new = write_query(con, history, history_rows)
+        history_rows, history_gone, current_rows, current_gone = merge.delta()
     finally:
         con.close()
     # Current first: history is the record of what was applied (see the module doc).
-    replace_files(current, current_files, current_new)
-    replace_files(history, history_files, history_new)
-    # History keeps every row: it has files in all the partitions written.
-    partitions = len({f.partition[0] for f in history_new}) if spec.partitioning else 0
-    return CdcResult(changes.num_rows, new - closed, _row_count(current), partitions, closed)
+    _commit(current, current_rows, current_gone, current_files)
+    partitions = _commit(history, history_rows, history_gone, history_files)
+    return CdcResult(changes.num_rows, new - closed, _row_count(current), partitions if spec.partitioning else 0,
+                     closed)
 
 
 # --- tables ---------------------------------------------------------------------------
@@ -139,8 +135,9 @@ def _ensure_table(lake: Lake, spec: DatasetSpec, name: str, schema: pa.Schema) -
         partition = (spec.partitioning.column, spec.partitioning.granularity) if spec.partitioning else None
         return lake.create_table(spec.staged_namespace, name, schema, partition, {
             "comment": spec.description,
-            # Every merge rewrites partitions: zstd level 1 writes ~20% faster than the default
-            # level 3 and, measured on the benchmark table, to the same size.
+            # Compaction rewrites every partition the day's merges touched: zstd level 1 writes
+            # ~20% faster than the default level 3 and, measured on the benchmark table, to the
+            # same size.
             "write.parquet.compression-level": "1"})
     if set(schema.names) - set(table.schema().column_names):
         with table.update_schema() as update:
@@ -160,8 +157,7 @@ def _conform(data: pa.Table, schema: pa.Schema) -> pa.Table:
 
 
 def _row_count(table: Table) -> int:
-    snapshot = table.current_snapshot()
-    return int(snapshot.summary.get("total-records", 0)) if snapshot and snapshot.summary else 0
+    return live_rows(table.current_snapshot())
 
 
 # --- partitions and files -------------------------------------------------------------
@@ -188,23 +184,51 @@ def _data_files(table: Table, changes: pa.Table, touched: set[int] | None) -> li
     return [t for t in tasks.plan_files() if t.file.spec_id != spec_id or t.file.partition[0] in touched]
 
 
+def _commit(table: Table, rows: pa.Table, gone: pa.Table, files: list[FileScanTask]) -> int:
+    """Add `rows` and delete the rows at the positions `gone` (file_path, pos) in one commit;
+    return the number of partitions changed."""
+    slices = partition_slices(table, _conform(rows, _arrow_schema(table)))
+    deletes = write_position_deletes(table, gone, [t.file for t in files])
+    add_rows_and_deletes(table, write_slices(table, slices), deletes)
+    return len({tuple(key.partition) if key else () for key, _ in slices} | {tuple(f.partition) for f in deletes})
+
+
 # --- the merge, in DuckDB -------------------------------------------------------------
 class _Merge:
-    """SQL over `chg` (the change rows) and `hist` (the history rows being replaced, read by
-    DuckDB from their Parquet files, never into Python)."""
+    """SQL over `chg` (the change rows), `hist` and `cur` (the live rows of the history and
+    current files being merged into, read by DuckDB from their Parquet files, with each row's
+    `filename` and `file_row_number`: the position a delete names)."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection, spec: DatasetSpec, base: list[str], changes: pa.Table,
-                 history_schema: pa.Schema, history_files: list[FileScanTask]):
+                 history_schema: pa.Schema, history_files: list[FileScanTask], current_files: list[FileScanTask]):
         self.con, self.spec, self.base = con, spec, base
         self.cols = ", ".join(f'"{c}"' for c in base)
         self.keys = ", ".join(f'"{k}"' for k in spec.primary_key)
         con.register("chg", changes)
+        self._live_rows("hist", history_files, history_schema)
+        self._live_rows("cur", current_files, pa.schema([history_schema.field(k) for k in spec.primary_key]))
+
+    def _live_rows(self, name: str, files: list[FileScanTask], schema: pa.Schema) -> None:
+        """View `name`: the rows of these data files that no delete file of theirs deletes, with
+        their positions; table `{name}_files` maps DuckDB's `filename` to the Iceberg path."""
+        local = {t.file.file_path: t.file.file_path.removeprefix("file://") for t in files}  # DuckDB's names
+        self.con.register(f"{name}_files", pa.table({"filename": pa.array(local.values(), pa.string()),
+                                                      "file_path": pa.array(local, pa.string())}))
         # The empty table gives every column and type, even where older files lack a column
         # (schema drift): BY NAME fills those with nulls. Quayside never renames a column.
-        con.register("history_shape", history_schema.empty_table())
-        paths = [t.file.file_path for t in history_files]
-        con.execute("CREATE TEMP VIEW hist AS FROM history_shape" +
-                    (f" UNION ALL BY NAME FROM read_parquet({paths!r}, union_by_name = true, hive_partitioning = false)" if paths else ""))
+        shape = schema.append(pa.field("filename", pa.string())).append(pa.field("file_row_number", pa.int64()))
+        self.con.register(f"{name}_shape", shape.empty_table())
+        if not files:
+            self.con.execute(f"CREATE TEMP VIEW {name} AS FROM {name}_shape")
+            return
+        deletes = sorted({d.file_path for t in files for d in t.delete_files})
+        rows = (f"read_parquet({list(local.values())!r}, filename = true, file_row_number = true, "
+                f"union_by_name = true, hive_partitioning = false)")
+        if deletes:
+            rows = (f"(FROM {rows} r ANTI JOIN (SELECT f.filename, d.pos FROM read_parquet({deletes!r}) d "
+                    f"JOIN {name}_files f USING (file_path)) d "
+                    f"ON r.filename = d.filename AND r.file_row_number = d.pos)")
+        self.con.execute(f"CREATE TEMP VIEW {name} AS FROM {name}_shape UNION ALL BY NAME FROM {rows}")
 
     def _same_key(self, a: str, b: str) -> str:
         # Null-safe, so a null key is still one key everywhere.
@@ -233,22 +257,25 @@ class _Merge:
         """Drop full-load rows equal to the current version; close current keys it lacks."""
         spec_columns = [c.name for c in self.spec.columns if c.name in self.base]
         same_values = " AND ".join(f'i."{c}" IS NOT DISTINCT FROM c."{c}"' for c in spec_columns)
-        self.con.execute("CREATE TEMP VIEW cur AS SELECT * FROM hist WHERE is_current")
-        self.con.execute(f"DELETE FROM incoming WHERE rowid IN (SELECT i.rowid FROM incoming i JOIN cur c "
-                         f"ON {self._same_key('i', 'c')} AND {same_values})")
+        self.con.execute("CREATE TEMP VIEW open_versions AS SELECT * FROM hist WHERE is_current")
+        self.con.execute(f"DELETE FROM incoming WHERE rowid IN (SELECT i.rowid FROM incoming i "
+                         f"JOIN open_versions c ON {self._same_key('i', 'c')} AND {same_values})")
         lineage = {c: f"(SELECT max({c}) FROM chg)" for c in LINEAGE_COLUMNS}
         select = ", ".join(lineage.get(c, f'c."{c}"') for c in self.base)
         return self.con.execute(f"""
             INSERT INTO incoming
-            SELECT {select}, 'D', (SELECT max(_cdc_ts) FROM chg), NULL FROM cur c ANTI JOIN chg f
+            SELECT {select}, 'D', (SELECT max(_cdc_ts) FROM chg), NULL FROM open_versions c ANTI JOIN chg f
             ON {self._same_key('c', 'f')}
             WHERE c.valid_from <= (SELECT max(_cdc_ts) FROM chg)""").fetchone()[0]
 
-    def history_rows(self) -> str:
-        """A query of the replaced history rows: rows of keys without new versions as they were,
-        the versions of the other keys re-chained (`valid_to`, `is_current`)."""
-        self.con.execute(f"CREATE TEMP TABLE rechain AS SELECT * FROM old o SEMI JOIN "
-                         f"(SELECT DISTINCT {self.keys} FROM new) n ON {self._same_key('o', 'n')}")
+    def delta(self) -> tuple[pa.Table, pa.Table, pa.Table, pa.Table]:
+        """What the merge changes, as (rows to add, positions to delete) of history, then of
+        current: the versions of the keys with new versions are re-chained (`valid_to`,
+        `is_current`); versions whose chain changed are deleted and added again, new ones added;
+        each such key's row in current is replaced by its current version, if any."""
+        self.con.execute(f"CREATE TEMP TABLE rekeys AS SELECT DISTINCT {self.keys} FROM new")
+        self.con.execute(f"CREATE TEMP TABLE rechain AS SELECT * FROM old o SEMI JOIN rekeys n "
+                         f"ON {self._same_key('o', 'n')}")
         part = self.spec.partitioning.column if self.spec.partitioning else None
         # A version without a partition value (a key-only 'D') stays in its key's partition.
         columns = ", ".join(f'coalesce("{c}", last_value("{c}" IGNORE NULLS) OVER w) AS "{c}"'
@@ -259,8 +286,24 @@ class _Merge:
                    CASE WHEN op = 'D' THEN valid_from ELSE lead(valid_from) OVER w END AS valid_to,
                    op <> 'D' AND lead(valid_from) OVER w IS NULL AS is_current,
                    _cdc_seq
-            FROM (SELECT * EXCLUDE (valid_to, is_current) FROM rechain UNION ALL BY NAME SELECT * FROM new)
+            FROM (SELECT * EXCLUDE (valid_to, is_current, filename, file_row_number) FROM rechain
+                  UNION ALL BY NAME SELECT * FROM new)
             WINDOW w AS (PARTITION BY {self.keys} ORDER BY {VERSION_ORDER})""")
-        # The other rows (most of them) stream from the files to the writer.
-        return (f"SELECT * FROM hist h ANTI JOIN (SELECT DISTINCT {self.keys} FROM rechain) r "
-                f"ON {self._same_key('h', 'r')} UNION ALL BY NAME FROM rechained")
+        unchanged = (f"{self._same_key('r', 'o')} AND r.valid_from = o.valid_from AND r.op = o.op "
+                     "AND r._cdc_seq IS NOT DISTINCT FROM o._cdc_seq AND r.valid_to IS NOT DISTINCT FROM o.valid_to "
+                     "AND r.is_current IS NOT DISTINCT FROM o.is_current")
+        # Sorted, so the writer finds each partition's rows in one run.
+        order = f'ORDER BY "{part}" NULLS LAST' if part else ""
+        history_rows = self.con.execute(f"SELECT r.* FROM rechained r ANTI JOIN rechain o ON {unchanged} "
+                                        f"{order}").to_arrow_table()
+        history_gone = self._positions(f"SELECT filename, file_row_number FROM rechain o "
+                                       f"ANTI JOIN rechained r ON {unchanged}", "hist")
+        current_rows = self.con.execute(f"SELECT {self.cols} FROM rechained WHERE is_current {order}").to_arrow_table()
+        current_gone = self._positions(f"SELECT filename, file_row_number FROM cur c SEMI JOIN rekeys n "
+                                       f"ON {self._same_key('c', 'n')}", "cur")
+        return history_rows, history_gone, current_rows, current_gone
+
+    def _positions(self, rows: str, name: str) -> pa.Table:
+        """(file_path, pos) of the rows, by Iceberg path, in the order a delete file lists them."""
+        return self.con.execute(f"SELECT f.file_path, r.file_row_number AS pos FROM ({rows}) r "
+                                f"JOIN {name}_files f USING (filename) ORDER BY ALL").to_arrow_table()

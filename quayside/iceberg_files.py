@@ -1,30 +1,38 @@
 """Iceberg data files written by Quayside itself and committed in one snapshot, where pyiceberg's
 `Table.overwrite` would be slow (it filters the whole input once per partition) or would need the
-whole input in memory at once (staging writes each raw file's rows as soon as they are read; a
-CDC merge has DuckDB stream a query's rows into the table's files).
+whole input in memory at once (staging writes each raw file's rows as soon as they are read), and
+position-delete files, which pyiceberg reads but cannot write (a CDC merge deletes the rows its
+changes replace without rewriting the files that hold them: merge-on-read).
 """
 
 from __future__ import annotations
 
 import itertools
+import posixpath
 import uuid
-from pathlib import Path
-from urllib.parse import urlparse
+from collections import defaultdict
 
-import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pyiceberg.conversions import to_bytes
 from pyiceberg.expressions import AlwaysTrue, BooleanExpression
-from pyiceberg.io.pyarrow import ArrowScan, bin_pack_arrow_table, parquet_file_to_data_file, write_file
-from pyiceberg.manifest import DataFile
+from pyiceberg.io.pyarrow import ArrowScan, bin_pack_arrow_table, write_file
+from pyiceberg.manifest import (DataFile, DataFileContent, FileFormat, ManifestContent, ManifestEntry,
+                                ManifestEntryStatus, ManifestFile, ManifestWriterV2)
 from pyiceberg.partitioning import PartitionField, PartitionFieldValue, PartitionKey
 from pyiceberg.table import FileScanTask, Table, TableProperties, Transaction, WriteTask
-from pyiceberg.transforms import MonthTransform
-from pyiceberg.utils.concurrent import ExecutorFactory
+from pyiceberg.table.snapshots import Operation, Snapshot, Summary
+from pyiceberg.table.update.snapshot import _FastAppendFiles
+from pyiceberg.typedef import EMPTY_DICT
+from pyiceberg.types import StringType
 from pyiceberg.utils.properties import property_as_int
 
-
-PARQUET_CODECS = ("zstd", "snappy", "gzip", "lz4", "brotli", "uncompressed")
+# The reserved field ids of a position-delete file's columns (Iceberg spec).
+DELETE_FILE_PATH_ID, DELETE_POS_ID = 2147483546, 2147483545
+POSITION_DELETE_SCHEMA = pa.schema([
+    pa.field("file_path", pa.string(), nullable=False, metadata={"PARQUET:field_id": str(DELETE_FILE_PATH_ID)}),
+    pa.field("pos", pa.int64(), nullable=False, metadata={"PARQUET:field_id": str(DELETE_POS_ID)})])
 
 
 def partition_field(table: Table) -> tuple[PartitionField, str] | None:
@@ -64,53 +72,13 @@ def write_slices(table: Table, slices: list[tuple[PartitionKey | None, pa.Table]
     """Parquet files for the slices (rows already in the table's schema), written in parallel by
     pyiceberg as `Table.append` would, but not committed. Files are cut at `target_file_size`
     bytes of Arrow data (default: the table's `write.target-file-size-bytes`)."""
-    target = target_file_size or _target_file_size(table)
+    target = target_file_size or property_as_int(table.properties, TableProperties.WRITE_TARGET_FILE_SIZE_BYTES,
+                                                 TableProperties.WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT)
     write_uuid, counter = uuid.uuid4(), itertools.count()
     tasks = (WriteTask(write_uuid=write_uuid, task_id=next(counter), schema=table.schema(), record_batches=batches,
                        partition_key=key)
              for key, part in slices for batches in bin_pack_arrow_table(part, target))
     return list(write_file(table.io, table.metadata, tasks))
-
-
-def write_query(con: duckdb.DuckDBPyConnection, table: Table, query: str) -> list[DataFile]:
-    """Parquet files of the rows of a DuckDB `query` (columns named as the table's), written by
-    DuckDB straight into the table's folder, one or more per partition, not committed. DuckDB
-    streams the rows and writes on every core: no Arrow copy of them is ever held, and files
-    carry the Iceberg field ids, so any Iceberg reader maps their columns by id."""
-    schema = table.schema()
-    field_ids = ", ".join(f"'{f.name}': {f.field_id}" for f in schema.fields)
-    codec = table.properties.get(TableProperties.PARQUET_COMPRESSION, TableProperties.PARQUET_COMPRESSION_DEFAULT)
-    if codec not in PARQUET_CODECS:
-        raise ValueError(f"table {table.name()}: unknown Parquet compression {codec!r}")
-    options = ["FORMAT parquet", f"FIELD_IDS {{{field_ids}}}", "RETURN_FILES true", "APPEND true", "FILENAME_PATTERN 'cdc-{uuid}'",
-               f"COMPRESSION {codec}"]
-    if level := table.properties.get(TableProperties.PARQUET_COMPRESSION_LEVEL):
-        options.append(f"COMPRESSION_LEVEL {int(level)}")
-    partitioning = partition_field(table)
-    if partitioning is None:
-        options.append(f"FILE_SIZE_BYTES {_target_file_size(table)}")
-    else:  # a folder per partition, named like pyiceberg's (the partition comes from the files' statistics)
-        field, column = partitioning
-        granularity = "%Y-%m" if isinstance(field.transform, MonthTransform) else "%Y-%m-%d"
-        query = f'SELECT *, strftime("{column}", \'{granularity}\') AS "{field.name}" FROM ({query})'
-        options.append(f'PARTITION_BY ("{field.name}")')
-    folder = f"{table.location()}/data"
-    local = urlparse(folder).path if urlparse(folder).scheme == "file" else None
-    if local:  # DuckDB creates partition folders, not their parent
-        Path(local).mkdir(parents=True, exist_ok=True)
-    _, files = con.execute(f"COPY ({query}) TO '{local or folder}' ({', '.join(options)})").fetchone()
-    # DuckDB answers with local paths; the table's files are named under its location, as pyiceberg does.
-    uris = [folder + f.removeprefix(local) if local else f for f in files]
-
-    def describe(uri: str) -> DataFile:  # statistics and partition from the footer, as pyiceberg's add_files
-        return parquet_file_to_data_file(table.io, table.metadata, uri)
-
-    return list(ExecutorFactory.get_or_create().map(describe, uris))  # a footer read each: parallel on S3
-
-
-def _target_file_size(table: Table) -> int:
-    return property_as_int(table.properties, TableProperties.WRITE_TARGET_FILE_SIZE_BYTES,
-                           TableProperties.WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT)
 
 
 def read_files(table: Table, files: list[FileScanTask]) -> pa.Table:
@@ -124,19 +92,112 @@ def append_files(table: Table, new_files: list[DataFile]) -> None:
         _fast_append(tx, new_files)
 
 
+def live_rows(snapshot: Snapshot | None) -> int:
+    """Rows a scan of the snapshot returns: the rows of its data files minus the positions its
+    delete files delete (Quayside never deletes a position twice)."""
+    summary = snapshot.summary if snapshot else None
+    return int(summary.get("total-records", 0)) - int(summary.get("total-position-deletes", 0)) if summary else 0
+
+
 def replace_files(table: Table, old_files: list[FileScanTask], new_files: list[DataFile],
                   forget_removed: bool = False) -> None:
-    """Swap whole data files in one snapshot (nothing is rewritten). With `forget_removed`, the
-    same commit adds an empty append snapshot: its manifest list leaves out the manifest that
-    records the removed files, which every scan of the current snapshot would otherwise read."""
+    """Swap whole data files in one snapshot (nothing is rewritten); the old files' delete files
+    go with them, so `new_files` must hold the old files' rows with the deletes applied, and the
+    old files must include every file with deletes (see _RowDelta). With
+    `forget_removed`, the same commit adds an empty append snapshot: its manifest list leaves out
+    the manifest that records the removed files, which every scan would otherwise read."""
     with table.transaction() as tx:
         with tx.update_snapshot().overwrite() as overwrite:
-            for task in old_files:
-                overwrite.delete_data_file(task.file)
+            # A delete file is in a manifest of its partition's only: all of it goes (see _RowDelta).
+            for old in {task.file for task in old_files} | {d for task in old_files for d in task.delete_files}:
+                overwrite.delete_data_file(old)
             for data_file in new_files:
                 overwrite.append_data_file(data_file)
         if forget_removed:
             _fast_append(tx, [])  # a fast append keeps only manifests that still list live files
+
+
+def write_position_deletes(table: Table, positions: pa.Table, data_files: list[DataFile]) -> list[DataFile]:
+    """Position-delete files deleting `positions` (file_path, pos; sorted) of `data_files`: one
+    per partition, next to its data, not committed."""
+    by_path = {f.file_path: f for f in data_files}
+    groups: dict[tuple, list[pa.Table]] = defaultdict(list)
+    runs = pc.run_end_encode(positions["file_path"].combine_chunks())
+    start = 0
+    for end, path in zip(runs.run_ends.to_pylist(), runs.values.to_pylist()):
+        data_file = by_path[path]
+        groups[(data_file.spec_id, tuple(data_file.partition))].append(positions.slice(start, end - start))
+        start = end
+    delete_files = []
+    for parts in groups.values():
+        rows = pa.concat_tables(parts).cast(POSITION_DELETE_SCHEMA)
+        first = by_path[rows["file_path"][0].as_py()]
+        path = f"{posixpath.dirname(first.file_path)}/deletes-{uuid.uuid4()}.parquet"
+        output = table.io.new_output(path)
+        with output.create() as stream:
+            pq.write_table(rows, stream, compression="zstd")
+        low, high = pc.min_max(rows["file_path"]).values()  # bounds let readers skip files it doesn't name
+        delete_file = DataFile.from_args(
+            content=DataFileContent.POSITION_DELETES, file_path=path, file_format=FileFormat.PARQUET,
+            partition=first.partition, record_count=rows.num_rows, file_size_in_bytes=len(output.to_input_file()),
+            lower_bounds={DELETE_FILE_PATH_ID: to_bytes(StringType(), low.as_py())},
+            upper_bounds={DELETE_FILE_PATH_ID: to_bytes(StringType(), high.as_py())},
+            sort_order_id=None, equality_ids=None, key_metadata=None)
+        delete_file.spec_id = first.spec_id
+        delete_files.append(delete_file)
+    return delete_files
+
+
+def add_rows_and_deletes(table: Table, new_files: list[DataFile], delete_files: list[DataFile]) -> None:
+    """Add data files and position-delete files in one snapshot (Iceberg's row delta)."""
+    with table.transaction() as tx:
+        with _RowDelta(tx, delete_files) as delta:
+            for data_file in new_files:
+                delta.append_data_file(data_file)
+
+
+class _DeleteManifestWriter(ManifestWriterV2):
+    def content(self) -> ManifestContent:
+        return ManifestContent.DELETES
+
+    @property
+    def _meta(self) -> dict[str, str]:
+        return {**super()._meta, "content": "deletes"}
+
+
+class _RowDelta(_FastAppendFiles):
+    """A fast append that also adds position-delete files, in one manifest per partition spec.
+    Compaction removes every delete file of a table in one commit, so a delete manifest always
+    goes whole (pyiceberg's overwrite would rewrite a partly removed one as a data manifest)."""
+
+    def __init__(self, tx: Transaction, delete_files: list[DataFile]):
+        super().__init__(Operation.OVERWRITE, tx, tx._table.io)
+        self._delete_files = delete_files
+
+    def _manifests(self) -> list[ManifestFile]:
+        metadata = self._transaction.table_metadata
+        by_spec: dict[int, list[DataFile]] = defaultdict(list)
+        for delete_file in self._delete_files:
+            by_spec[delete_file.spec_id].append(delete_file)
+        manifests = []
+        for spec_id, files in by_spec.items():
+            with _DeleteManifestWriter(metadata.specs()[spec_id], metadata.schema(), self.new_manifest_output(),
+                                       self._snapshot_id, self._compression) as writer:
+                for delete_file in files:
+                    writer.add(ManifestEntry.from_args(status=ManifestEntryStatus.ADDED, snapshot_id=self._snapshot_id,
+                                                       sequence_number=None, file_sequence_number=None,
+                                                       data_file=delete_file))
+            manifests.append(writer.to_manifest_file())
+        return super()._manifests() + manifests
+
+    def _summary(self, snapshot_properties: dict[str, str] = EMPTY_DICT) -> Summary:
+        # The summary collector counts what it is given by content: delete files as deletes.
+        data_files = self._added_data_files
+        self._added_data_files = data_files + self._delete_files
+        try:
+            return super()._summary(snapshot_properties)
+        finally:
+            self._added_data_files = data_files
 
 
 def replace_rows_with_files(table: Table, where: BooleanExpression, new_files: list[DataFile]) -> None:

@@ -22,6 +22,7 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError
 from pyiceberg.table import Table
 
+from quayside.iceberg_files import live_rows
 from quayside.specs import check_identifier, check_relative_path
 
 ZONES = ("landing", "raw", "quarantine", "warehouse")
@@ -321,7 +322,7 @@ class Lake:
             for ident in sorted(self.catalog.list_tables(namespace)):
                 table = self.catalog.load_table(ident)
                 snap = table.current_snapshot()
-                rows = int(snap.summary.get("total-records", 0)) if snap and snap.summary else 0
+                rows = live_rows(snap)
                 updated = datetime.fromtimestamp(snap.timestamp_ms / 1000, timezone.utc) if snap else None
                 out.append(TableInfo(zone_of(namespace), namespace, ident[-1], rows, updated, table.metadata_location))
         return out

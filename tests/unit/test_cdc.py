@@ -53,7 +53,9 @@ def new_lake(tmp_path, name: str = "lake") -> Lake:
 def rows(lake: Lake, table: str, spec: DatasetSpec | None = None) -> list[dict]:
     spec = spec or make_spec()
     data = lake.load_table(spec.staged_namespace, table).scan().to_arrow().to_pylist()
-    return sorted(data, key=lambda r: (r["id"], r["region"], r.get("valid_from") or datetime.min))
+    # The versions' order (VERSION_ORDER): files may hold rows in any order.
+    return sorted(data, key=lambda r: (r["id"], r["region"], r.get("valid_from") or datetime.min,
+                                       r.get("_cdc_seq") or "", "IUD".find(r.get("op") or "I")))
 
 
 def history(lake: Lake, spec: DatasetSpec | None = None) -> list[tuple]:
@@ -185,27 +187,36 @@ def test_full_load_closes_missing_keys_and_skips_unchanged_ones(tmp_path):
     assert (again.changes_applied, again.closed_by_full_load, again.rows_current) == (0, 0, 4)
 
 
-def test_only_touched_partitions_are_rewritten(tmp_path):
+def test_only_touched_partitions_change_and_no_file_is_rewritten(tmp_path):
     lake, spec = new_lake(tmp_path), make_spec()
     apply_changes(lake, spec, changes(change(1, "I", "2024-01-05 10:00"),
                                       change(2, "I", "2024-02-05 10:00", opened=date(2024, 2, 5)),
                                       change(3, "I", "2024-04-05 10:00", opened=date(2024, 4, 5))), full_load=False)
 
-    def files(name: str) -> dict[int, str]:
-        table = lake.load_table("staged_courts", name)
-        return {t.file.partition[0]: t.file.file_path for t in table.scan().plan_files()}
+    def files(name: str) -> dict[int, set[tuple[str, frozenset[str]]]]:
+        by_partition = {}
+        for t in lake.load_table("staged_courts", name).scan().plan_files():
+            by_partition.setdefault(t.file.partition[0], set()).add(
+                (t.file.file_path, frozenset(d.file_path for d in t.delete_files)))
+        return by_partition
 
     before = {n: files(n) for n in ("cases", "cases_history")}
     result = apply_changes(lake, spec, changes(change(2, "U", "2024-02-06 10:00", "closed", opened=date(2024, 2, 5))),
                            full_load=False)
 
     assert result.partitions_touched == 1
+    february = (2024 - 1970) * 12 + 1  # Iceberg month partitions count months since 1970-01
     for name, old in before.items():
         new = files(name)
         assert new.keys() == old.keys()
-        february = (2024 - 1970) * 12 + 1  # Iceberg month partitions count months since 1970-01
         assert [p for p in old if new[p] != old[p]] == [february]
+        # February's old file stays, with a delete file for the replaced row; a new file holds its new rows.
+        [(old_file, no_deletes)] = old[february]
+        assert not no_deletes
+        assert {path for path, deletes in new[february] if deletes} == {old_file}
+        assert len(new[february]) == 2
     assert current(lake) == [(1, "open"), (2, "closed"), (3, "open")]
+    assert lake.tables()[0].rows == 3  # rows a scan returns, net of deleted positions
 
 
 def test_unpartitioned_table_with_composite_key(tmp_path):
@@ -219,14 +230,15 @@ def test_unpartitioned_table_with_composite_key(tmp_path):
     assert [(r["id"], r["region"]) for r in rows(lake, "cases", spec)] == [(1, "north")]
 
 
-def test_null_partition_values_rewrite_the_whole_table_and_key_only_deletes_keep_their_partition(tmp_path):
+def test_null_partition_values_and_key_only_deletes_keep_their_partition(tmp_path):
     lake, spec = new_lake(tmp_path), make_spec()
     apply_changes(lake, spec, changes(change(1, "I", "2024-01-05 10:00"),
                                       change(2, "I", "2024-02-05 10:00", opened=date(2024, 2, 5))), full_load=False)
     result = apply_changes(lake, spec, changes(change(3, "I", "2024-02-06 10:00", opened=None),
                                                change(2, "D", "2024-02-07 10:00", opened=None)), full_load=False)
 
-    assert result.partitions_touched == 3  # January, February and the null partition
+    # The whole table is read (a key's partition is unknown); February (key 2) and the null partition change.
+    assert result.partitions_touched == 2
     assert current(lake) == [(1, "open"), (3, "open")]
     deleted = [r for r in rows(lake, "cases_history") if r["op"] == "D"]
     assert [(r["id"], r["opened"]) for r in deleted] == [(2, date(2024, 2, 5))]
@@ -283,3 +295,75 @@ def test_a_new_column_in_the_changes_is_added_to_both_tables(tmp_path):
 
     for table in ("cases", "cases_history"):
         assert [(r["id"], r["judge"]) for r in rows(lake, table)] == [(1, None), (2, "Smith")]
+
+
+# --- merge-on-read: deletes by position, then compaction --------------------------------
+def merged_lake(tmp_path) -> Lake:
+    """Three merges into January and February: updates, a delete, a re-insert."""
+    lake, spec = new_lake(tmp_path), make_spec()
+    apply_changes(lake, spec, changes(*(change(i, "I", "2024-01-05 10:00", opened=date(2024, 1 + i % 2, 5))
+                                        for i in range(1, 9))), full_load=False)
+    apply_changes(lake, spec, changes(change(1, "U", "2024-01-06 10:00", "closed", opened=date(2024, 2, 5)),
+                                      change(2, "D", "2024-01-06 10:00", opened=None),
+                                      change(3, "U", "2024-01-06 10:00", "closed", opened=date(2024, 2, 5))),
+                  full_load=False)
+    apply_changes(lake, spec, changes(change(3, "U", "2024-01-07 10:00", "pending", opened=date(2024, 2, 5)),
+                                      change(2, "I", "2024-01-07 10:00", opened=date(2024, 1, 5))), full_load=False)
+    return lake
+
+
+def readers_agree(lake: Lake) -> list[tuple]:
+    """pyiceberg, DuckDB and the catalog's row count see the same live rows of both tables."""
+    con = lake.connect()
+    counts = {info.name: info.rows for info in lake.tables()}
+    for table in ("cases", "cases_history"):
+        by_pyiceberg = sorted((r["id"], r["status"], r.get("valid_from")) for r in rows(lake, table))
+        columns = "id, status" + (", valid_from" if table == "cases_history" else ", NULL")
+        by_duckdb = sorted(con.execute(f"SELECT {columns} FROM staged_courts.{table}").fetchall())
+        assert by_duckdb == by_pyiceberg and counts[table] == len(by_pyiceberg), table
+    return current(lake)
+
+
+def test_merges_delete_replaced_rows_by_position_and_every_reader_agrees(tmp_path):
+    lake = merged_lake(tmp_path)
+    tasks = list(lake.load_table("staged_courts", "cases").scan().plan_files())
+    assert any(t.delete_files for t in tasks)  # rows were deleted in place, not files rewritten
+    assert readers_agree(lake) == [(1, "closed"), (2, "open"), (3, "pending")] + [(i, "open") for i in range(4, 9)]
+    assert [h[1:] for h in history(lake) if h[0] == 2] == [
+        ("I", "open", ts("2024-01-05 10:00"), ts("2024-01-06 10:00"), False),
+        ("D", "open", ts("2024-01-06 10:00"), ts("2024-01-06 10:00"), False),
+        ("I", "open", ts("2024-01-07 10:00"), None, True)]
+
+
+def test_compaction_applies_the_deletes_and_removes_the_delete_files(tmp_path):
+    from quayside.maintenance import MaintenanceSettings, maintain_table
+
+    lake = merged_lake(tmp_path)
+    before = readers_agree(lake), history(lake)
+    for table in ("cases", "cases_history"):
+        result = maintain_table(lake, "staged_courts", table, MaintenanceSettings(min_files_to_compact=2))
+        assert result.partitions_compacted == 2 and result.data_files_after == 2, table
+        assert not any(t.delete_files for t in lake.load_table("staged_courts", table).scan().plan_files())
+    assert (readers_agree(lake), history(lake)) == before
+    # Merges go on as before on the compacted files.
+    apply_changes(lake, make_spec(), changes(change(4, "D", "2024-01-08 10:00", opened=date(2024, 1, 5))),
+                  full_load=False)
+    assert readers_agree(lake) == [r for r in before[0] if r[0] != 4]
+
+
+def test_compaction_refuses_to_commit_when_a_merge_deleted_rows_of_its_files_meanwhile(tmp_path, monkeypatch):
+    from quayside import maintenance
+
+    lake = merged_lake(tmp_path)
+    write = maintenance.write_slices
+
+    def write_then_a_merge_commits(*args, **kwargs):
+        files = write(*args, **kwargs)
+        apply_changes(lake, make_spec(), changes(change(5, "U", "2024-01-08 10:00", "closed", opened=date(2024, 2, 5))),
+                      full_load=False)
+        return files
+
+    monkeypatch.setattr(maintenance, "write_slices", write_then_a_merge_commits)
+    with pytest.raises(maintenance.CompactionConflict, match="staged_courts.cases"):
+        maintenance.maintain_table(lake, "staged_courts", "cases", maintenance.MaintenanceSettings())
+    assert (5, "closed") in readers_agree(lake)  # the merge's change is not undone

@@ -197,7 +197,7 @@ def _commit(table: Table, rows: pa.Table, gone: pa.Table, files: list[FileScanTa
 class _Merge:
     """SQL over `chg` (the change rows), `hist` and `cur` (the live rows of the history and
     current files being merged into, read by DuckDB from their Parquet files, with each row's
-    `filename` and `file_row_number`: the position a delete names)."""
+    `_quayside_file` and `file_row_number`: the position a delete names)."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection, spec: DatasetSpec, base: list[str], changes: pa.Table,
                  history_schema: pa.Schema, history_files: list[FileScanTask], current_files: list[FileScanTask]):
@@ -210,24 +210,24 @@ class _Merge:
 
     def _live_rows(self, name: str, files: list[FileScanTask], schema: pa.Schema) -> None:
         """View `name`: the rows of these data files that no delete file of theirs deletes, with
-        their positions; table `{name}_files` maps DuckDB's `filename` to the Iceberg path."""
+        their positions; table `{name}_files` maps DuckDB's file names to Iceberg paths."""
         local = {t.file.file_path: t.file.file_path.removeprefix("file://") for t in files}  # DuckDB's names
-        self.con.register(f"{name}_files", pa.table({"filename": pa.array(local.values(), pa.string()),
+        self.con.register(f"{name}_files", pa.table({"_quayside_file": pa.array(local.values(), pa.string()),
                                                       "file_path": pa.array(local, pa.string())}))
         # The empty table gives every column and type, even where older files lack a column
         # (schema drift): BY NAME fills those with nulls. Quayside never renames a column.
-        shape = schema.append(pa.field("filename", pa.string())).append(pa.field("file_row_number", pa.int64()))
+        shape = schema.append(pa.field("_quayside_file", pa.string())).append(pa.field("file_row_number", pa.int64()))
         self.con.register(f"{name}_shape", shape.empty_table())
         if not files:
             self.con.execute(f"CREATE TEMP VIEW {name} AS FROM {name}_shape")
             return
         deletes = sorted({d.file_path for t in files for d in t.delete_files})
-        rows = (f"read_parquet({list(local.values())!r}, filename = true, file_row_number = true, "
+        rows = (f"read_parquet({list(local.values())!r}, filename = '_quayside_file', file_row_number = true, "
                 f"union_by_name = true, hive_partitioning = false)")
         if deletes:
-            rows = (f"(FROM {rows} r ANTI JOIN (SELECT f.filename, d.pos FROM read_parquet({deletes!r}) d "
+            rows = (f"(FROM {rows} r ANTI JOIN (SELECT f._quayside_file, d.pos FROM read_parquet({deletes!r}) d "
                     f"JOIN {name}_files f USING (file_path)) d "
-                    f"ON r.filename = d.filename AND r.file_row_number = d.pos)")
+                    f"ON r._quayside_file = d._quayside_file AND r.file_row_number = d.pos)")
         self.con.execute(f"CREATE TEMP VIEW {name} AS FROM {name}_shape UNION ALL BY NAME FROM {rows}")
 
     def _same_key(self, a: str, b: str) -> str:
@@ -286,7 +286,7 @@ class _Merge:
                    CASE WHEN op = 'D' THEN valid_from ELSE lead(valid_from) OVER w END AS valid_to,
                    op <> 'D' AND lead(valid_from) OVER w IS NULL AS is_current,
                    _cdc_seq
-            FROM (SELECT * EXCLUDE (valid_to, is_current, filename, file_row_number) FROM rechain
+            FROM (SELECT * EXCLUDE (valid_to, is_current, _quayside_file, file_row_number) FROM rechain
                   UNION ALL BY NAME SELECT * FROM new)
             WINDOW w AS (PARTITION BY {self.keys} ORDER BY {VERSION_ORDER})""")
         unchanged = (f"{self._same_key('r', 'o')} AND r.valid_from = o.valid_from AND r.op = o.op "
@@ -296,14 +296,14 @@ class _Merge:
         order = f'ORDER BY "{part}" NULLS LAST' if part else ""
         history_rows = self.con.execute(f"SELECT r.* FROM rechained r ANTI JOIN rechain o ON {unchanged} "
                                         f"{order}").to_arrow_table()
-        history_gone = self._positions(f"SELECT filename, file_row_number FROM rechain o "
+        history_gone = self._positions(f"SELECT _quayside_file, file_row_number FROM rechain o "
                                        f"ANTI JOIN rechained r ON {unchanged}", "hist")
         current_rows = self.con.execute(f"SELECT {self.cols} FROM rechained WHERE is_current {order}").to_arrow_table()
-        current_gone = self._positions(f"SELECT filename, file_row_number FROM cur c SEMI JOIN rekeys n "
+        current_gone = self._positions(f"SELECT _quayside_file, file_row_number FROM cur c SEMI JOIN rekeys n "
                                        f"ON {self._same_key('c', 'n')}", "cur")
         return history_rows, history_gone, current_rows, current_gone
 
     def _positions(self, rows: str, name: str) -> pa.Table:
         """(file_path, pos) of the rows, by Iceberg path, in the order a delete file lists them."""
         return self.con.execute(f"SELECT f.file_path, r.file_row_number AS pos FROM ({rows}) r "
-                                f"JOIN {name}_files f USING (filename) ORDER BY ALL").to_arrow_table()
+                                f"JOIN {name}_files f USING (_quayside_file) ORDER BY ALL").to_arrow_table()

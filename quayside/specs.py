@@ -19,8 +19,9 @@ COLUMN_TYPES = ("string", "int", "float", "bool", "date", "timestamp", "timestam
 DECIMAL_TYPE = re.compile(r"^decimal\((\d{1,2}),\s*(\d{1,2})\)$")
 # Lineage columns Quayside adds to every staged row; specs may not declare them.
 LINEAGE_COLUMNS = ("_source_file", "_batch_date", "_ingested_at")
-# Columns the history table of a CDC dataset adds.
+# Columns the history table of a CDC dataset adds; with the row positions its merge reads, reserved.
 CDC_HISTORY_COLUMNS = ("op", "valid_from", "valid_to", "is_current")
+CDC_RESERVED_COLUMNS = CDC_HISTORY_COLUMNS + ("file_row_number", "_quayside_file")
 
 
 class SpecError(ValueError):
@@ -320,9 +321,10 @@ class DatasetSpec(_Model):
         if self.load_mode == "cdc":
             if not self.primary_key:
                 raise ValueError("load_mode cdc needs a primary_key")
-            clash = sorted(set(names) & set(CDC_HISTORY_COLUMNS))
+            clash = sorted(set(names) & set(CDC_RESERVED_COLUMNS))
             if clash:
-                raise ValueError(f"columns {clash} clash with the SCD2 columns of the history table")
+                raise ValueError(f"columns {clash} are reserved in CDC datasets (the history table's SCD2 columns "
+                                 "and the merge's row positions)")
             if self.cdc is None:
                 object.__setattr__(self, "cdc", Cdc())
         elif self.cdc is not None:

@@ -82,9 +82,10 @@ def test_cdc_needs_a_primary_key(tmp_path):
         load_spec(write(tmp_path, text))
 
 
-def test_cdc_columns_may_not_clash_with_history_columns(tmp_path):
-    text = GOOD.replace("name: population, type: int", "name: op, type: int") + "load_mode: cdc\n"
-    with pytest.raises(SpecError, match="clash with the SCD2 columns"):
+@pytest.mark.parametrize("column", ["op", "file_row_number"])
+def test_cdc_columns_may_not_clash_with_history_columns_or_row_positions(tmp_path, column):
+    text = GOOD.replace("name: population, type: int", f"name: {column}, type: int") + "load_mode: cdc\n"
+    with pytest.raises(SpecError, match=rf"\['{column}'\] are reserved in CDC datasets"):
         load_spec(write(tmp_path, text))
 
 

@@ -150,6 +150,9 @@ def write_position_deletes(table: Table, positions: pa.Table, data_files: list[D
 
 def add_rows_and_deletes(table: Table, new_files: list[DataFile], delete_files: list[DataFile]) -> None:
     """Add data files and position-delete files in one snapshot (Iceberg's row delta)."""
+    if delete_files and table.format_version < 2:
+        raise ValueError(f"table {'.'.join(table.name())} is Iceberg format version 1, which has no delete files; "
+                         "upgrade it to version 2 (ALTER TABLE … SET TBLPROPERTIES ('format-version'='2'))")
     with table.transaction() as tx:
         with _RowDelta(tx, delete_files) as delta:
             for data_file in new_files:

@@ -367,3 +367,16 @@ def test_compaction_refuses_to_commit_when_a_merge_deleted_rows_of_its_files_mea
     with pytest.raises(maintenance.CompactionConflict, match="staged_courts.cases"):
         maintenance.maintain_table(lake, "staged_courts", "cases", maintenance.MaintenanceSettings())
     assert (5, "closed") in readers_agree(lake)  # the merge's change is not undone
+
+
+def test_a_format_version_1_table_is_refused_delete_files_by_name(tmp_path):
+    from quayside.iceberg_files import add_rows_and_deletes
+
+    lake = new_lake(tmp_path)
+    table = lake.create_table("staged_courts", "old_cases", pa.schema([("id", pa.int64())]), None,
+                              {"format-version": "1"})
+    merged = merged_lake(tmp_path / "other")
+    [delete_file, *_] = {d for t in merged.load_table("staged_courts", "cases").scan().plan_files()
+                         for d in t.delete_files}
+    with pytest.raises(ValueError, match="staged_courts.old_cases is Iceberg format version 1"):
+        add_rows_and_deletes(table, [], [delete_file])

@@ -149,7 +149,7 @@ def catch_up_schedules(specs: list[DatasetSpec]) -> list[dg.ScheduleDefinition]:
     (re)builds yesterday's batch of the dataset's raw and staged assets. The schedules of datasets
     with the same partitions share one job (a job per dataset cost the code-location load a job
     each), and each one's run selects only its dataset's assets."""
-    jobs = {}
+    jobs = {}  # partitions definition -> its catch-up job
     daily = [(spec, partitions) for spec in specs if (partitions := partitions_for(spec))]
     for partitions in {partitions for _, partitions in daily}:
         keys = [key for spec, p in daily if p == partitions for key in (raw_key_of(spec), staged_key_of(spec))]
@@ -273,6 +273,7 @@ def build_checks(spec: DatasetSpec, staged_key: dg.AssetKey) -> dg.AssetChecksDe
             try:
                 outcome = check(lake.lake, spec)
             except Exception as exc:  # as when each check was an op: the others still report, the step fails
+                context.log.error(f"{spec.key}: check {key.name} could not run: {exc!r}")
                 errors.append(exc)
                 continue
             yield dg.AssetCheckResult(check_name=key.name, passed=outcome.passed, description=outcome.description,

@@ -59,9 +59,18 @@ def column_schema(spec: DatasetSpec) -> dg.TableSchema:
     return dg.TableSchema(columns=cols + [dg.TableColumn(n, t, description=d) for n, t, d in lineage])
 
 
+def raw_key_of(spec: DatasetSpec) -> dg.AssetKey:
+    return dg.AssetKey(["raw", spec.domain, spec.name])
+
+
+def staged_key_of(spec: DatasetSpec) -> dg.AssetKey:
+    return dg.AssetKey(["staged", spec.domain, spec.name])
+
+
 def build_dataset(spec: DatasetSpec) -> dg.Definitions:
-    raw_key = dg.AssetKey(["raw", spec.domain, spec.name])
-    staged_key = dg.AssetKey(["staged", spec.domain, spec.name])
+    """The dataset's raw and staged assets, quality checks and sensor (its freshness check and
+    catch-up schedule: `freshness_checks`, `catch_up_schedules`)."""
+    raw_key, staged_key = raw_key_of(spec), staged_key_of(spec)
     history_key = dg.AssetKey(["staged", spec.domain, spec.history_table])
     partitions = partitions_for(spec)
     backfill = dg.BackfillPolicy.single_run() if partitions else None
@@ -118,22 +127,52 @@ def build_dataset(spec: DatasetSpec) -> dg.Definitions:
             rows = live_rows(history.current_snapshot()) if history else 0
             yield dg.MaterializeResult(asset_key=history_key, metadata={"dagster/row_count": rows})
 
-    definitions = [raw_asset, staged_asset]
-    asset_checks = build_checks(spec, staged_key)
-    if partitions and spec.freshness:
-        asset_checks += list(dg.build_time_partition_freshness_checks(
-            assets=[staged_asset], deadline_cron=spec.freshness.deadline))
     targets = [raw_key] + [s.key for s in staged_specs]
     sensors = [build_extract_sensor(spec, targets) if spec.source.extracted
                else build_landing_sensor(spec, targets, partitions)]
-    schedules = []
-    if partitions:
-        job = dg.define_asset_job(f"{spec.domain}__{spec.name}__daily", selection=[raw_key, staged_key],
-                                  partitions_def=partitions)
-        schedules.append(dg.build_schedule_from_partitioned_job(
-            job, hour_of_day=6, default_status=dg.DefaultScheduleStatus.RUNNING,
-            description=f"Catch-up: (re)builds yesterday's batch of {spec.key} from whatever landed"))
-    return dg.Definitions(assets=definitions, asset_checks=asset_checks, sensors=sensors, schedules=schedules)
+    return dg.Definitions(assets=[raw_asset, staged_asset], asset_checks=[build_checks(spec, staged_key)],
+                          sensors=sensors)
+
+
+def freshness_checks(specs: list[DatasetSpec]) -> list[dg.AssetChecksDefinition]:
+    """A partition-aware `freshness_check` on each daily dataset's staged table: yesterday's batch
+    must be in by the spec's deadline. One definition per deadline, not per dataset."""
+    by_deadline: dict[str, list[dg.AssetKey]] = {}
+    for spec in specs:
+        if spec.daily_partitioned and spec.freshness:
+            by_deadline.setdefault(spec.freshness.deadline, []).append(staged_key_of(spec))
+    return [check for deadline, keys in by_deadline.items()
+            for check in dg.build_time_partition_freshness_checks(assets=keys, deadline_cron=deadline)]
+
+
+def catch_up_schedules(specs: list[DatasetSpec]) -> list[dg.ScheduleDefinition]:
+    """Each daily dataset's catch-up schedule, `<domain>__<name>__daily_schedule`: at 06:00 it
+    (re)builds yesterday's batch of the dataset's raw and staged assets. The schedules of datasets
+    with the same partitions share one job (a job per dataset cost the code-location load a job
+    each), and each one's run selects only its dataset's assets."""
+    jobs = {}  # partitions definition -> its catch-up job
+    daily = [(spec, partitions) for spec in specs if (partitions := partitions_for(spec))]
+    for partitions in {partitions for _, partitions in daily}:
+        keys = [key for spec, p in daily if p == partitions for key in (raw_key_of(spec), staged_key_of(spec))]
+        jobs[partitions] = dg.define_asset_job(f"daily_catch_up_from_{partitions.start:%Y_%m_%d}", selection=keys,
+                                               partitions_def=partitions)
+    return [catch_up_schedule(spec, partitions, jobs[partitions]) for spec, partitions in daily]
+
+
+def catch_up_schedule(spec: DatasetSpec, partitions: dg.DailyPartitionsDefinition, job) -> dg.ScheduleDefinition:
+    @dg.schedule(job=job, name=f"{spec.domain}__{spec.name}__daily_schedule",
+                 cron_schedule=partitions.get_cron_schedule(hour_of_day=6), execution_timezone=partitions.timezone,
+                 default_status=dg.DefaultScheduleStatus.RUNNING,
+                 description=f"Catch-up: (re)builds yesterday's batch of {spec.key} from whatever landed")
+    def catch_up(context: dg.ScheduleEvaluationContext):
+        with dg.partition_loading_context(effective_dt=context.scheduled_execution_time):
+            partition_key = partitions.get_last_partition_key()
+        if partition_key is None:
+            return dg.SkipReason(f"{spec.key} has no daily batch yet")
+        return dg.RunRequest(run_key=partition_key, partition_key=partition_key,
+                             asset_selection=[raw_key_of(spec), staged_key_of(spec)])
+
+    return catch_up
 
 
 def extract_metadata(extraction: Extraction) -> dict:
@@ -215,20 +254,33 @@ def stage_metadata(spec: DatasetSpec, report: StageReport, lake: LakeResource) -
     return metadata
 
 
-def build_checks(spec: DatasetSpec, staged_key: dg.AssetKey) -> list[dg.AssetChecksDefinition]:
-    """The spec's quality checks on the staged table; all blocking: a failure stops downstream assets."""
-    made = []
-    for check in (checks.schema_conforms, checks.primary_key_unique, checks.rows_reconcile, checks.column_rules):
-        made.append(_make_check(spec, staged_key, check))
-    return made
+QUALITY_CHECKS = (checks.schema_conforms, checks.primary_key_unique, checks.rows_reconcile, checks.column_rules)
 
 
-def _make_check(spec: DatasetSpec, staged_key: dg.AssetKey, check) -> dg.AssetChecksDefinition:
-    @dg.asset_check(asset=staged_key, name=check.__name__, description=check.__doc__, blocking=True)
-    def _check(lake: LakeResource) -> dg.AssetCheckResult:
-        outcome = check(lake.lake, spec)
-        return dg.AssetCheckResult(passed=outcome.passed, description=outcome.description,
-                                   metadata={k: v if isinstance(v, (int, float, str, bool)) else str(v)
-                                             for k, v in outcome.metadata.items()})
+def build_checks(spec: DatasetSpec, staged_key: dg.AssetKey) -> dg.AssetChecksDefinition:
+    """The spec's quality checks on the staged table, all blocking: a failure stops downstream assets.
+    One op evaluates them (a definition per check cost the code-location load a check op each), and
+    each is still its own check in the UI, selectable on its own."""
+    by_key = {dg.AssetCheckKey(staged_key, check.__name__): check for check in QUALITY_CHECKS}
 
-    return _check
+    @dg.multi_asset_check(specs=[dg.AssetCheckSpec(key.name, asset=staged_key, description=check.__doc__, blocking=True)
+                                 for key, check in by_key.items()],
+                          name=f"staged__{spec.domain}__{spec.name}__checks", can_subset=True)
+    def quality_checks(context: dg.AssetCheckExecutionContext, lake: LakeResource):
+        errors = []
+        for key, check in by_key.items():
+            if key not in context.selected_asset_check_keys:
+                continue
+            try:
+                outcome = check(lake.lake, spec)
+            except Exception as exc:  # as when each check was an op: the others still report, the step fails
+                context.log.error(f"{spec.key}: check {key.name} could not run: {exc!r}")
+                errors.append(exc)
+                continue
+            yield dg.AssetCheckResult(check_name=key.name, passed=outcome.passed, description=outcome.description,
+                                      metadata={k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                                                for k, v in outcome.metadata.items()})
+        if errors:
+            raise errors[0]
+
+    return quality_checks

@@ -2,8 +2,8 @@
 
 Each contender is a code-location file validated in a fresh process, as `dagster definitions
 validate -f <file>` does it (imports, definitions, every job and snapshot); its figure is that
-process's whole life. Quayside: `build_definitions` over 200 specs (the demo's 7 and synthetic
-ones) and Quayside's dbt project grown with synthetic models, its manifest prepared beforehand by
+process's whole life. Quayside: its code-location entry (`code_location`) over 200 specs (the
+demo's 7 and synthetic ones) and Quayside's dbt project grown with synthetic models, its manifest prepared beforehand by
 `dbt parse` (as `make install` does; its time is reported apart). Peer: the same dbt project as the dagster-dbt docs set it up, `DbtProject`
 + `prepare_if_dev()` + `@dbt_assets`, loaded under `dagster dev` with no prepared manifest: the
 load runs `dbt parse`. Limit: a bare `Definitions` with one asset.
@@ -145,10 +145,10 @@ QUAYSIDE_LOCATION = """from pathlib import Path
 
 from dagster_dbt import DbtProject
 
-from lake_assets.definitions import build_definitions
+from lake_assets.definitions import code_location
 
-defs = build_definitions(datasets=Path({datasets!r}),
-                         dbt_project=DbtProject(project_dir={project!r}, profiles_dir={project!r}))
+defs = code_location(datasets=Path({datasets!r}),
+                     dbt_project=DbtProject(project_dir={project!r}, profiles_dir={project!r}))
 """
 PEER_LOCATION = """import dagster as dg
 from dagster_dbt import DbtCliResource, DbtProject, dbt_assets

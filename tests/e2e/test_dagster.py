@@ -55,6 +55,25 @@ def test_definitions_load_with_assets_checks_sensors_and_schedules():
     spec = staged.specs_by_key[dg.AssetKey(["staged", "prisons", "population"])]
     assert spec.freshness_policy is not None and spec.owners == ["team:prisons-data"]
     assert spec.metadata["dagster/column_schema"].columns[0].name == "snapshot_date"
+    graph = defs.resolve_asset_graph()
+    quality = {k.name: graph.get(k) for k in graph.asset_check_keys if k.asset_key == spec.key}
+    assert all(quality[name].blocking for name in ("schema_conforms", "primary_key_unique", "rows_reconcile",
+                                                   "column_rules"))
+    assert quality["schema_conforms"].description.startswith("Every spec column")
+
+
+def test_catch_up_schedule_rebuilds_yesterdays_batch_of_its_dataset_only():
+    from datetime import datetime, timezone
+
+    defs = build_definitions(DATASETS)
+    schedule = defs.get_schedule_def("prisons__population__daily_schedule")
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING and schedule.cron_schedule == "0 6 * * *"
+    context = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 11, 2, 6, tzinfo=timezone.utc),
+                                        repository_def=defs.get_repository_def())
+    [request] = schedule.evaluate_tick(context).run_requests
+    assert request.partition_key == "2026-11-01"
+    assert set(request.asset_selection) == {dg.AssetKey(["raw", "prisons", "population"]),
+                                            dg.AssetKey(["staged", "prisons", "population"])}
 
 
 class SensorDriver:

@@ -7,11 +7,14 @@ The manifest is prepared once at install time (`make install` runs `dbt parse`),
 
 import json
 from datetime import timedelta
+from functools import cached_property
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, DbtProject, dbt_assets
+from packaging.version import Version
 
 DBT_DIR = Path(__file__).resolve().parent.parent / "dbt_project"
 DBT_PROJECT = DbtProject(project_dir=DBT_DIR, profiles_dir=DBT_DIR)
@@ -48,6 +51,17 @@ class QuaysideTranslator(DagsterDbtTranslator):
             freshness_policy=MART_FRESHNESS if layer == "marts" else None,
             automation_condition=CURATED_AUTOMATION,
         ).merge_attributes(kinds={"iceberg"} if layer == "marts" else set())
+
+
+class LakeDbtCliResource(DbtCliResource):
+    """dagster-dbt's dbt CLI resource, for this environment's own dbt executable."""
+
+    @cached_property
+    def _cli_version(self) -> Version:
+        # dagster-dbt runs `dbt --version` at the start of every run (~8 s: dbt imports itself and asks
+        # PyPI for its latest release) only to learn the version; our executable is the venv's dbt, so
+        # it is the installed dbt-core's.
+        return Version(version("dbt-core"))
 
 
 def dbt_build(dbt: DbtCliResource, context: dg.AssetExecutionContext, *args: str):

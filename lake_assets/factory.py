@@ -5,6 +5,7 @@ its reports into metadata the UI shows.
 """
 
 
+from collections.abc import Callable
 from datetime import date, timedelta
 
 import dagster as dg
@@ -99,7 +100,11 @@ def build_dataset(spec: DatasetSpec) -> dg.Definitions:
                       batch_dates=None if days is None else set(days), source=source)
         context.log.info(f"{spec.key}: {len(report.accepted)} file(s) copied to raw, "
                          f"{len(report.duplicates)} duplicate(s) skipped")
-        return dg.MaterializeResult(metadata=metadata | land_metadata(report))
+        if days is None:
+            return dg.MaterializeResult(metadata=metadata | land_metadata(report))
+        batches = report.by_batch()
+        add_partition_metadata(context, raw_key, days, lambda day: land_metadata(batches.get(day, LandReport())))
+        return dg.MaterializeResult(metadata=metadata)
 
     staged_specs = [dg.AssetSpec(staged_key, deps=[raw_key], description=spec.description, freshness_policy=freshness,
                                  kinds={"iceberg", "duckdb"}, automation_condition=dg.AutomationCondition.eager(),
@@ -121,7 +126,19 @@ def build_dataset(spec: DatasetSpec) -> dg.Definitions:
         span = f"{days[0]}..{days[-1]}" if days else "all batches"
         context.log.info(f"{spec.key} {span}: {report.rows_in} rows in, {report.rows_staged} staged, "
                          f"{report.rows_quarantined} quarantined, {len(report.quarantined_files)} file(s) quarantined")
-        yield dg.MaterializeResult(asset_key=staged_key, metadata=stage_metadata(spec, report, lake))
+        table = table_metadata(spec, report, lake)
+        if days is None:
+            yield dg.MaterializeResult(asset_key=staged_key, metadata={
+                "dagster/row_count": table["table_rows"]} | stage_metadata(report) | table)
+        else:
+            batches = report.by_batch()
+
+            def batch_metadata(day: date) -> dict:
+                batch = batches.get(day, StageReport(spec.key, [day]))
+                return {"dagster/row_count": batch.rows_staged} | stage_metadata(batch)
+
+            add_partition_metadata(context, staged_key, days, batch_metadata, last=table)
+            yield dg.MaterializeResult(asset_key=staged_key)
         if spec.load_mode == "cdc":
             history = lake.lake.load_table(spec.staged_namespace, spec.history_table)
             rows = live_rows(history.current_snapshot()) if history else 0
@@ -175,6 +192,17 @@ def catch_up_schedule(spec: DatasetSpec, partitions: dg.DailyPartitionsDefinitio
     return catch_up
 
 
+def add_partition_metadata(context: dg.AssetExecutionContext, key: dg.AssetKey, days: list[date],
+                           of_day: Callable[[date], dict], last: dict | None = None) -> None:
+    """Dagster records a run over several partitions as one materialisation per partition: give
+    each its own day's figures, and `last` (the run's previews and charts) to the last one only,
+    the one the UI shows as latest, not a copy in each of hundreds of events."""
+    for day in days:
+        context.add_asset_metadata(of_day(day), asset_key=key, partition_key=day.isoformat())
+    if last:
+        context.add_asset_metadata(last, asset_key=key, partition_key=days[-1].isoformat())
+
+
 def extract_metadata(extraction: Extraction) -> dict:
     return {
         "extraction": "full load" if extraction.full_load else "incremental",
@@ -226,22 +254,30 @@ def loads_chart(lake: LakeResource, spec: DatasetSpec) -> dg.MetadataValue | Non
     return figure_markdown(fig, "rows per batch")
 
 
-def stage_metadata(spec: DatasetSpec, report: StageReport, lake: LakeResource) -> dict:
-    table = lake.lake.load_table(spec.staged_namespace, spec.name)
-    snapshot = table.current_snapshot() if table else None
+def stage_metadata(report: StageReport) -> dict:
+    """The counts of a staging run, or of one daily batch of it."""
     metadata = {
-        "dagster/row_count": live_rows(snapshot),
         "rows_in": report.rows_in,
         "rows_staged": report.rows_staged,
         "rows_quarantined": report.rows_quarantined,
         "files_read": len(report.files),
         "files_quarantined": len(report.quarantined_files),
         "reconciled": report.reconciled,
-        "preview": preview_markdown(report.preview, masked={c.name for c in spec.columns if c.pii}),
     }
     if report.quarantined_files:
         metadata["quarantine"] = dg.MetadataValue.md("| file | field | reason |\n|---|---|---|\n" + "\n".join(
             f"| {q['raw_key']} | {q['field']} | {q['reason'].replace('|', '/')} |" for q in report.quarantined_files[:50]))
+    return metadata
+
+
+def table_metadata(spec: DatasetSpec, report: StageReport, lake: LakeResource) -> dict:
+    """The staged table after a run: its rows and snapshot, a preview, rows per batch, schema drift."""
+    table = lake.lake.load_table(spec.staged_namespace, spec.name)
+    snapshot = table.current_snapshot() if table else None
+    metadata = {
+        "table_rows": live_rows(snapshot),
+        "preview": preview_markdown(report.preview, masked={c.name for c in spec.columns if c.pii}),
+    }
     if report.new_columns:
         metadata["schema_drift_added_columns"] = ", ".join(report.new_columns)
     if snapshot:

@@ -162,6 +162,14 @@ class LandReport:
     def batch_dates(self) -> list[date]:
         return sorted({row["batch_date"] for row in self.accepted})
 
+    def by_batch(self) -> dict[date, LandReport]:
+        """The report split by daily batch."""
+        days: dict[date, LandReport] = {}
+        for rows, name in ((self.accepted, "accepted"), (self.duplicates, "duplicates")):
+            for row in rows:
+                getattr(days.setdefault(row["batch_date"], LandReport()), name).append(row)
+        return days
+
 
 def landing_files(lake: Lake, spec: DatasetSpec, start_after: str = "", source: Storage | None = None) -> list:
     """The dataset's files in landing or its connection's `source` (keys under its location whose
@@ -661,10 +669,24 @@ class StageReport:
     new_columns: list[str] = field(default_factory=list)
     preview: pa.Table | None = None
     cdc: list = field(default_factory=list)  # CdcResult per applied group (full load, changes)
+    loads: list[dict] = field(default_factory=list)  # the rows recorded in staged.loads, one per file
 
     @property
     def reconciled(self) -> bool:
         return self.rows_in == self.rows_staged + self.rows_quarantined
+
+    def by_batch(self) -> dict[date, StageReport]:
+        """The report's counts split by daily batch (from its per-file loads)."""
+        days: dict[date, StageReport] = {}
+        for load in self.loads:
+            day = days.setdefault(load["batch_date"], StageReport(self.dataset, [load["batch_date"]]))
+            day.files.append(load["raw_key"])
+            day.rows_in += load["rows_in"]
+            day.rows_staged += load["rows_staged"]
+            day.rows_quarantined += load["rows_quarantined"]
+        for quarantined in self.quarantined_files:
+            days[quarantined["batch_date"]].quarantined_files.append(quarantined)
+        return days
 
 
 def accepted_files(lake: Lake, spec: DatasetSpec) -> list[dict]:
@@ -962,4 +984,4 @@ def _record(lake: Lake, spec: DatasetSpec, report: StageReport, reads: list[tupl
     replace_rows(lake, "quarantine", "rows", quarantined_rows, this_run)
     replace_rows(lake, "quarantine", "files", report.quarantined_files, this_run)
     replace_rows(lake, "staged", "loads", loads, this_run)
-    report.rows_quarantined = len(rejected)
+    report.rows_quarantined, report.loads = len(rejected), loads

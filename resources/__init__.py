@@ -61,14 +61,12 @@ def build_resources(connections: dict[str, dg.ConfigurableResource] | None = Non
                     dbt_project: DbtProject | None = None) -> dict[str, object]:
     """The lake, its IO manager, dbt (the curated layer's project by default), and the source
     connections' resources (by name)."""
-    from dagster_dbt import DbtCliResource
-
-    from lake_assets.curated import DBT_PROJECT
+    from lake_assets.curated import DBT_PROJECT, LakeDbtCliResource
     from resources.lake_io import LakeIOManager
 
     # dbt's target follows QUAYSIDE_PROFILE too (dbt_project/profiles.yml): DuckDB locally, Athena on aws.
     dbt_executable = str(Path(sys.executable).parent / "dbt")  # the venv's dbt, whatever PATH says
     lake = lake_resource()
     return {"lake": lake, "lake_io": LakeIOManager(lake=lake),
-            "dbt": DbtCliResource(project_dir=dbt_project or DBT_PROJECT, dbt_executable=dbt_executable),
+            "dbt": LakeDbtCliResource(project_dir=dbt_project or DBT_PROJECT, dbt_executable=dbt_executable),
             **(connections or {})}

@@ -120,6 +120,27 @@ def test_a_sensor_run_lands_its_files(demo_home):
     assert lake.connect().sql("SELECT count(*) FROM quarantine.rows").fetchone() == (3,)
 
 
+@pytest.mark.parametrize("demo_home", ["local"], indirect=True)
+def test_a_backfill_range_records_each_partition_with_its_own_figures(demo_home):
+    """One run over seven days: a materialisation per partition with that day's counts; the table's
+    preview and chart once, on the last partition (the one the UI shows as latest)."""
+    lake, _ = demo_home
+    keys = [dg.AssetKey(["raw", "prisons", "population"]), dg.AssetKey(["staged", "prisons", "population"])]
+    job = build_definitions(DATASETS).resolve_implicit_job_def_def_for_assets(keys)
+    result = job.execute_in_process(instance=dg.DagsterInstance.ephemeral(), asset_selection=keys, tags={
+        "dagster/asset_partition_range_start": "2026-10-26", "dagster/asset_partition_range_end": "2026-11-01"})
+    assert result.success
+    staged = {m.partition: m.metadata for m in result.asset_materializations_for_node("staged__prisons__population")}
+    per_day = dict(lake.connect().sql("SELECT _batch_date::VARCHAR, count(*) FROM staged_prisons.population "
+                                      "GROUP BY 1").fetchall())
+    assert {day: m["dagster/row_count"].value for day, m in staged.items()} == per_day and len(per_day) == 7
+    assert staged["2026-10-29"]["rows_quarantined"].value == 3 and staged["2026-10-28"]["rows_quarantined"].value == 0
+    assert [day for day, m in staged.items() if "preview" in m and "rows_per_batch" in m] == ["2026-11-01"]
+    assert staged["2026-11-01"]["table_rows"].value == sum(per_day.values())
+    raw = result.asset_materializations_for_node("raw__prisons__population")
+    assert len(raw) == 7 and all(m.metadata["files_accepted"].value >= 1 for m in raw)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("demo_home", ["local"], indirect=True)  # S3 + Glue: covered by the tests above
 @pytest.mark.parametrize("demo_days", [21])  # three weeks: enough history for the population forecast

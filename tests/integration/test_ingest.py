@@ -257,12 +257,17 @@ def test_a_file_is_staged_in_chunks_with_file_row_numbers_and_duplicates_across_
     assert len(table.inspect.files()) > 10  # really written chunk by chunk
 
 
-def test_a_value_that_does_not_parse_late_in_a_file_reads_the_rest_as_text(local_lake, small_chunks):
-    spec = population_spec()
-    deliver(local_lake, "pop_2026-11-01.csv", many_rows(2000, {1700: b"2026-11-01,ZZZ,12x,A\n"}))
-    report = run(local_lake, spec)
+def stage_with_one_bad_line(lake, line: int, text: bytes) -> dict:
+    """2,000 rows in one CSV with `text` as row `line`, staged: its one quarantined row."""
+    deliver(lake, "pop_2026-11-01.csv", many_rows(2000, {line: text}))
+    report = run(lake, population_spec())
     assert (report.rows_in, report.rows_staged, report.rows_quarantined) == (2000, 1999, 1)
-    (row,) = quarantined(local_lake)
+    (row,) = quarantined(lake)
+    return row
+
+
+def test_a_value_that_does_not_parse_late_in_a_file_reads_the_rest_as_text(local_lake, small_chunks):
+    row = stage_with_one_bad_line(local_lake, 1700, b"2026-11-01,ZZZ,12x,A\n")
     assert row["row_number"] == 1700 and "population: not a valid int: 12x" in row["reason"]
     assert local_lake.connect().sql("SELECT count(DISTINCT establishment_code), sum(population) "
                                     "FROM staged_prisons.population").fetchone() == (1999, sum(range(2000)) - 1699)
@@ -270,10 +275,7 @@ def test_a_value_that_does_not_parse_late_in_a_file_reads_the_rest_as_text(local
 
 def test_a_malformed_row_late_in_a_file_leaves_no_trace_of_the_chunks_already_written(local_lake, small_chunks):
     spec = population_spec()
-    deliver(local_lake, "pop_2026-11-01.csv", many_rows(2000, {1800: b"2026-11-01,ZZZ\n"}))
-    report = run(local_lake, spec)
-    assert (report.rows_in, report.rows_staged, report.rows_quarantined) == (2000, 1999, 1)
-    (row,) = quarantined(local_lake)
+    row = stage_with_one_bad_line(local_lake, 1800, b"2026-11-01,ZZZ\n")
     assert row["row_number"] == 1801 and "malformed CSV row" in row["reason"]  # DuckDB counts the header line
     table = local_lake.load_table(spec.staged_namespace, spec.name)
     referenced = {Path(p).name for p in table.inspect.files()["file_path"].to_pylist()}

@@ -19,7 +19,9 @@ import re
 import time
 import uuid
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -194,6 +196,9 @@ def batch_date_of(spec: DatasetSpec, file_name: str, received: datetime) -> date
     return received.astimezone(timezone.utc).date()
 
 
+LAND_THREADS = 2  # copies in flight: hashing and local I/O release the GIL; remote reads overlap their waits
+
+
 def land(lake: Lake, spec: DatasetSpec, keys: list[str] | None = None, run_id: str = "",
          batch_dates: set[date] | None = None, source: Storage | None = None) -> LandReport:
     """Copy new files from landing (or the dataset's connection, `source`) into raw; `keys=None`
@@ -206,33 +211,44 @@ def land(lake: Lake, spec: DatasetSpec, keys: list[str] | None = None, run_id: s
     known = dict(zip(manifest["sha256"].to_pylist(), manifest["raw_key"].to_pylist()))
     seen_landing = set(zip(manifest["landing_key"].to_pylist(), manifest["sha256"].to_pylist()))
     report, ingested_at = LandReport(), now_utc()
+    files = [info for info in files if info is not None]  # None: listed, then gone before we looked
     for info in files:
-        if info is None:
-            continue  # listed, then gone before we looked: the next tick sees whatever replaced it
-        name = PurePosixPath(info.key).name
-        if not spec.source.matches(name) or not info.key.startswith(spec.source.location):
+        if not spec.source.matches(PurePosixPath(info.key).name) or not info.key.startswith(spec.source.location):
             raise IngestError(f"{spec.key}: landing file {info.key!r} does not belong to this dataset", "source.pattern")
-        # One read of the source (a remote server's file is fetched once): copy into a scratch
-        # key in raw while hashing, then either place it or drop it as already known.
-        scratch = f"_incoming/{uuid.uuid4().hex}"
-        sha, _ = lake.raw.copy_from(source, info.key, scratch)
-        consumed = False
-        try:
-            row = {"dataset": spec.key, "landing_key": info.key, "original_name": name, "size_bytes": info.size,
-                   "sha256": sha, "received_at": info.modified, "ingested_at": ingested_at,
-                   "batch_date": batch_date_of(spec, name, info.modified), "run_id": run_id}
-            if (info.key, sha) in seen_landing:
-                continue  # this very file was ingested before (re-run): nothing to do
-            if sha in known:
-                report.duplicates.append(row | {"raw_key": known[sha], "status": "duplicate"})
-            else:
-                row["raw_key"], consumed = _place_verified(lake, spec, scratch, info.key, sha, ingested_at.date()), True
-                known[sha] = row["raw_key"]
-                report.accepted.append(row | {"status": "accepted"})
-            seen_landing.add((info.key, sha))
-        finally:
-            if not consumed:
-                lake.raw.delete(scratch)
+    # One read of the source (a remote server's file is fetched once): copy into a scratch key in
+    # raw while hashing, then either place it or drop it as already known. Copies run ahead on
+    # worker threads while earlier files are placed and verified.
+    copier = ThreadPoolExecutor(max_workers=LAND_THREADS if source.concurrent_reads else 1)
+    copies = [copier.submit(_scratch_copy, lake, source, info.key) for info in files]
+    taken = 0  # copies whose scratch file the loop below owns
+    try:
+        for info, copy in zip(files, copies):
+            scratch, sha = copy.result()
+            taken += 1
+            name = PurePosixPath(info.key).name
+            consumed = False
+            try:
+                row = {"dataset": spec.key, "landing_key": info.key, "original_name": name, "size_bytes": info.size,
+                       "sha256": sha, "received_at": info.modified, "ingested_at": ingested_at,
+                       "batch_date": batch_date_of(spec, name, info.modified), "run_id": run_id}
+                if (info.key, sha) in seen_landing:
+                    continue  # this very file was ingested before (re-run): nothing to do
+                if sha in known:
+                    report.duplicates.append(row | {"raw_key": known[sha], "status": "duplicate"})
+                else:
+                    row["raw_key"] = _place_verified(lake, spec, scratch, info.key, sha, ingested_at.date())
+                    consumed = True
+                    known[sha] = row["raw_key"]
+                    report.accepted.append(row | {"status": "accepted"})
+                seen_landing.add((info.key, sha))
+            finally:
+                if not consumed and lake.raw.info(scratch) is not None:  # a failed placing may have moved it
+                    lake.raw.delete(scratch)
+    finally:
+        copier.shutdown(cancel_futures=True)
+        for copy in copies[taken:]:  # copied ahead, never placed: nothing may stay behind
+            if not copy.cancelled() and copy.exception() is None:
+                lake.raw.delete(copy.result()[0])
     rows = report.accepted + report.duplicates
     if rows:
         retry_commit(lambda: system_table(lake, "raw", "manifest").append(
@@ -241,6 +257,13 @@ def land(lake: Lake, spec: DatasetSpec, keys: list[str] | None = None, run_id: s
     for row in rows:
         _after_ingest(source, spec, row["landing_key"])
     return report
+
+
+def _scratch_copy(lake: Lake, source: Storage, key: str) -> tuple[str, str]:
+    """Copy a source file to a new scratch key in raw; returns (scratch key, sha256)."""
+    scratch = f"_incoming/{uuid.uuid4().hex}"
+    sha, _ = lake.raw.copy_from(source, key, scratch)
+    return scratch, sha
 
 
 def _place_verified(lake: Lake, spec: DatasetSpec, scratch: str, landing_key: str, sha: str, ingest_day: date) -> str:
@@ -256,6 +279,7 @@ def _place_verified(lake: Lake, spec: DatasetSpec, scratch: str, landing_key: st
         raw_key = f"{folder}/{name.stem}.{sha[:12]}{name.suffix}"  # raw is immutable: never overwrite
     lake.raw.move(scratch, raw_key)
     if lake.raw.sha256(raw_key) != sha:
+        lake.raw.delete(raw_key)  # raw holds only verified copies
         raise IngestError(f"{spec.key}: raw copy of {landing_key!r} does not match its sha256 (source file kept)")
     return raw_key
 
@@ -827,15 +851,32 @@ def conform(data: pa.Table, schema: pa.Schema) -> pa.Table:
 class _BatchWriter:
     """Writes a batch's rows to Iceberg data files as they are read, chunk by chunk, for one
     commit at the end. A file that fails midway leaves nothing behind: its data files are
-    deleted and its keys forgotten."""
+    deleted and its keys forgotten.
+
+    A chunk's Parquet files are written on a thread of their own while the next chunk (of the
+    same file or the next) is read and validated; both release the GIL, so two cores work at
+    once. One write in flight bounds memory at two chunks."""
 
     def __init__(self, lake: Lake, spec: DatasetSpec, table: Table):
         self.lake, self.spec, self.table = lake, spec, table
         self.seen = _SeenKeys(spec)
-        self.data_files: list[DataFile] = []
+        self.files_written: list[list[DataFile]] = []  # each staged file's data files
+        self.pending: deque[tuple[Future, list[DataFile]]] = deque()  # (write in flight, where its files go)
+        self.writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="quayside-stage-write")
         self.rejected: list[dict] = []
         self.rows_staged = 0
         self.preview: pa.Table | None = None
+
+    @property
+    def data_files(self) -> list[DataFile]:
+        self._settle(0)
+        return [data_file for files in self.files_written for data_file in files]
+
+    def _settle(self, in_flight: int) -> None:
+        """Wait until at most `in_flight` writes are pending."""
+        while len(self.pending) > in_flight:
+            write, files = self.pending.popleft()
+            files.extend(write.result())
 
     def add_file(self, f: dict, con: duckdb.DuckDBPyConnection) -> FileRead:
         """Stage one raw file; returns its totals (rows in, new columns)."""
@@ -854,7 +895,9 @@ class _BatchWriter:
                         update.union_by_name(staged.schema.remove(staged.schema.get_field_index("_row")))
                     self.table = self.lake.load_table(self.spec.staged_namespace, self.spec.name)
                 data = conform(staged, self.table.schema().as_arrow())
-                written += write_slices(self.table, partition_slices(self.table, data))
+                self.pending.append((self.writes.submit(write_slices, self.table, partition_slices(self.table, data)),
+                                     written))
+                self._settle(1)
                 rows_staged += data.num_rows
                 if self.preview is None and data.num_rows:  # a copy: a slice would keep the chunk's buffers alive
                     self.preview = data.take(pa.array(np.arange(min(10, data.num_rows))))
@@ -863,11 +906,16 @@ class _BatchWriter:
                 totals.rows_in += read.rows_in
                 totals.new_columns = read.new_columns
         except BaseException:
+            mine = [write for write, files in self.pending if files is written]
+            self.pending = deque(entry for entry in self.pending if entry[1] is not written)
+            for write in mine:  # the files a failed write got to are lost with it
+                if not write.cancel() and write.exception() is None:
+                    written.extend(write.result())
             self.seen.rollback()
             for data_file in written:
                 self.table.io.delete(data_file.file_path)
             raise
-        self.data_files += written
+        self.files_written.append(written)
         self.rejected += rejected
         self.rows_staged += rows_staged
         return totals
@@ -878,6 +926,7 @@ class _BatchWriter:
                                  for f in data_files]) if data_files else pa.table({k: [] for k in keys})
 
     def close(self) -> None:
+        self.writes.shutdown()
         self.seen.close()
 
 

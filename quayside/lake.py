@@ -72,6 +72,8 @@ class FileInfo:
 class Storage:
     """One zone of object storage, addressed by relative keys ('a/b/c.csv')."""
 
+    concurrent_reads = True  # files may be read on several threads at once
+
     def __init__(self, fs: pafs.FileSystem, root: str, uri_prefix: str, s3_client=None, bucket: str = ""):
         self.fs, self.root, self.uri_prefix = fs, root.rstrip("/"), uri_prefix.rstrip("/")
         self._s3, self._bucket = s3_client, bucket

@@ -26,6 +26,8 @@ class SftpError(Exception):
 
 
 class SftpStorage(Storage):
+    concurrent_reads = False  # one SSH connection, opened lazily: not shared between threads
+
     def __init__(self, host: str, port: int, username: str, private_key: paramiko.PKey, known_hosts: str,
                  root: str = ".", timeout: float = 20.0):
         self.host, self.port, self.username, self.key = host, port, username, private_key

@@ -1,10 +1,13 @@
 """Scenario 6: backfill of 365 daily partitions of a dataset through staged and one incremental dbt model.
 
 The demo's electronic-monitoring events (one JSON-lines file a day, ~1,000 events) for a year,
-raw → staged → `em_compliance_daily` (tag:daily, rebuilt per day range). Quayside: one
-single-run backfill of the three assets over the range through Dagster (`execute_in_process`
-with the partition range, a SQLite-backed instance, as `make run` does). Peer: one run per
-partition; a sample of them, extrapolated linearly to the range. Limit: the same core calls
+raw → staged → `em_compliance_daily` (tag:daily, rebuilt per day range). Quayside: a
+single-run backfill over the range through Dagster (`execute_in_process` with the partition
+range, a SQLite-backed instance), as `make run` does it: one run of raw and staged, then one of
+the model. Two runs, because Dagster orders a run's steps only by dependencies among its selected
+assets, and the model reads staged through two dbt views (built once, unchanged by new data).
+Peer: the same two runs per partition; a sample of partitions, extrapolated linearly to the range.
+Limit: the same core calls
 (`land`, `stage` for the range) and one `dbt build` of the model for the range, without Dagster.
 Before the clock, each contender's lake has the day before the range staged and dbt's views built.
 """
@@ -28,7 +31,8 @@ SPEC_PATH = "monitoring/em_events.yaml"
 MODEL = "em_compliance_daily"
 VIEWS = ["stg_monitoring__em_events", "int_monitoring__subject_days"]  # what the model reads
 ROWS_PER_DAY = 1_000
-KEYS = [["raw", "monitoring", "em_events"], ["staged", "monitoring", "em_events"], ["curated", "monitoring", MODEL]]
+INGEST_KEYS = [["raw", "monitoring", "em_events"], ["staged", "monitoring", "em_events"]]
+MODEL_KEYS = [["curated", "monitoring", MODEL]]
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
@@ -95,31 +99,35 @@ def _job_and_instance(home: str, datasets: str):
     from lake_assets.definitions import build_definitions
 
     defs = build_definitions(datasets=Path(datasets))
-    keys = [dg.AssetKey(k) for k in KEYS]
+    selections = [[dg.AssetKey(k) for k in keys] for keys in (INGEST_KEYS, MODEL_KEYS)]
     (Path(home) / "dagster").mkdir()
-    return defs.resolve_implicit_job_def_def_for_assets(keys), keys, dg.DagsterInstance.local_temp(f"{home}/dagster")
+    job = defs.resolve_implicit_job_def_def_for_assets([key for keys in selections for key in keys])
+    return job, selections, dg.DagsterInstance.local_temp(f"{home}/dagster")
+
+
+def _runs(job, selections, instance, **partitions) -> None:
+    """Raw and staged, then the model, over the same partition(s)."""
+    for keys in selections:
+        result = job.execute_in_process(instance=instance, asset_selection=keys, run_config=QUIET, **partitions)
+        assert result.success
 
 
 def quayside(clock, home: str, datasets: str, landing: str, days: int) -> dict:
     prepare(home, datasets, landing)
-    job, keys, instance = _job_and_instance(home, datasets)
+    job, selections, instance = _job_and_instance(home, datasets)
     last = FIRST_DAY + timedelta(days=days - 1)
     clock.start()
-    result = job.execute_in_process(instance=instance, asset_selection=keys, run_config=QUIET,
-                                    tags={RANGE_START: FIRST_DAY.isoformat(), RANGE_END: last.isoformat()})
-    assert result.success
+    _runs(job, selections, instance, tags={RANGE_START: FIRST_DAY.isoformat(), RANGE_END: last.isoformat()})
     return {}
 
 
 def per_partition_runs(clock, home: str, datasets: str, landing: str, days: int) -> dict:
-    """One run per partition for the first `days` days of the range."""
+    """The same runs per partition, for the first `days` days of the range."""
     prepare(home, datasets, landing)
-    job, keys, instance = _job_and_instance(home, datasets)
+    job, selections, instance = _job_and_instance(home, datasets)
     clock.start()
     for i in range(days):
-        result = job.execute_in_process(instance=instance, asset_selection=keys, run_config=QUIET,
-                                        partition_key=(FIRST_DAY + timedelta(days=i)).isoformat())
-        assert result.success
+        _runs(job, selections, instance, partition_key=(FIRST_DAY + timedelta(days=i)).isoformat())
     return {}
 
 
@@ -162,16 +170,17 @@ def run(data: Path, work: Path, quick: bool, repetitions: int) -> dict:
 def report(result: dict, plots: Path) -> list[Row]:
     f, days, sampled = result["figures"], result["days"], result["sampled"]
     q, lim = f["quayside"].seconds, f["limit"].seconds
-    per_run = f["per_partition"].seconds / sampled
-    peer = per_run * days
+    per_partition = f["per_partition"].seconds / sampled
+    peer = per_partition * days
     overhead, speedup = q / lim - 1, peer / q
     return [Row(
         "6", f"backfill of {days} daily partitions ({f['limit'].extra['rows']:,.0f} rows) raw → staged → {MODEL}",
-        f"{q:.1f} s in one run, {f['quayside'].peak_rss_mb:,.0f} MB RSS",
-        f"one run per partition {peer:,.0f} s ({per_run:.1f} s a run; {sampled} runs measured, extrapolated)",
+        f"{q:.1f} s in one run of raw + staged and one of the model, {f['quayside'].peak_rss_mb:,.0f} MB RSS",
+        f"the same two runs per partition {peer:,.0f} s ({per_partition:.1f} s a partition; {sampled} partitions "
+        "measured, extrapolated)",
         f"{lim:.1f} s (land + stage + one dbt build, no Dagster)",
         f"{overhead:+.0%} over the limit, {speedup:.0f}× faster than per-partition runs",
         "overhead < 20%, ≥ 10× faster than per-partition runs", overhead < 0.2 and speedup >= 10,
-        f"the peer's {sampled} runs are the first days of the range, run once; {days} runs estimated as {days}× "
+        f"the peer's {sampled} partitions are the first days of the range, run once; {days} estimated as {days}× "
         f"their mean; Quayside and the limit: medians of {len(f['quayside'].samples)} rounds",
     )]

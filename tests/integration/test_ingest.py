@@ -9,6 +9,7 @@ from datetime import date, datetime
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from pyiceberg.expressions import EqualTo
 
 from quayside import checks, ingest
 from quayside.specs import DatasetSpec
@@ -304,6 +305,27 @@ def test_after_ingest_delete_removes_landing_only_after_verified_copy(lake):
     report = ingest.land(lake, spec)
     assert lake.landing.info(key) is None
     assert lake.raw.info(report.accepted[0]["raw_key"]).size == len(HEADER) + 20
+
+
+def test_a_failed_verify_midway_keeps_every_source_and_leaves_no_copies_behind(lake, monkeypatch):
+    spec = population_spec(source={"after_ingest": "delete"})
+    keys = [deliver(lake, f"pop_2026-11-0{day}.csv", HEADER + f"2026-11-0{day},AAA,{day},A\n".encode())
+            for day in range(1, 7)]
+    verify = lake.raw.sha256
+    calls = []
+
+    def corrupt_second(key: str) -> str:  # the second placed copy reads back wrong
+        calls.append(key)
+        return "0" * 64 if len(calls) == 2 else verify(key)
+
+    monkeypatch.setattr(lake.raw, "sha256", corrupt_second)
+    with pytest.raises(ingest.IngestError, match="does not match its sha256"):
+        ingest.land(lake, spec)
+    assert all(lake.landing.info(key) is not None for key in keys)
+    assert list(lake.raw.list("_incoming/")) == []  # the copies made ahead of the failure are gone
+    assert ingest.read_system(lake, "raw", "manifest", EqualTo("dataset", spec.key)).num_rows == 0
+    monkeypatch.undo()
+    assert len(ingest.land(lake, spec).accepted) == 6  # a re-run takes them all
 
 
 def test_files_that_match_no_spec_are_not_taken(lake):

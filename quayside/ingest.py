@@ -312,9 +312,11 @@ class MalformedCsv(Exception):
     `name_malformed_lines`, so that DuckDB's reader names each malformed line."""
 
 
-# A CSV or Parquet file is read, validated and written this much (of Arrow data) at a time: memory holds one
-# chunk's rows whatever the file's size.
-CHUNK_BYTES = 64 << 20
+# A CSV or Parquet file is read, validated and written this much (of Arrow data) at a time: memory holds two
+# chunks' rows (one being read, one being written) whatever the file's size. At 64 MB a 5M-row Parquet
+# extract staged in 1.06 GB, at 32 MB in 0.85 GB, no slower; each chunk is a data file of its own
+# until the nightly compaction.
+CHUNK_BYTES = 32 << 20
 # pyarrow's streaming reader reads up to 32 blocks ahead of the consumer: small blocks keep that
 # buffer at 32 MB (with 64 MB blocks it held 2 GB of a 2 GB file).
 CSV_BLOCK_BYTES = 1 << 20
@@ -737,7 +739,7 @@ def stage(lake: Lake, spec: DatasetSpec, batches: date | list[date] | None = Non
     """Build the staged table (or some daily batches of it) from the raw zone; idempotent.
 
     Files are read, validated and written to Iceberg data files a chunk at a time, so memory
-    holds one chunk's rows whatever the file's or the batch's size; the batch (a day, a backfill
+    holds two chunks' rows whatever the file's or the batch's size; the batch (a day, a backfill
     range, or everything) is then replaced in one commit.
     """
     if spec.load_mode == "cdc":

@@ -1,8 +1,9 @@
 """Runs one benchmark contender in a process of its own: `python -m benchmarks.child module:function '{json}'`.
 
 The function gets its keyword arguments and a `clock`; it calls `clock.start()` once its imports
-and set-up are done, so only the work is timed (and `clock.stop()` if it measures more after). It may return a dict of extra figures. One JSON
-line goes to stdout: {"seconds": ..., "peak_rss_mb": ..., **extra}.
+and set-up are done, so only the work is timed (and `clock.stop()` if it measures more after). It
+may return a dict of extra figures. One JSON line goes to stdout:
+{"seconds": ..., "peak_rss_mb": ..., **extra}.
 """
 
 import importlib

@@ -108,7 +108,6 @@ def replace_files(table: Table, old_files: list[FileScanTask], new_files: list[D
     the manifest that records the removed files, which every scan would otherwise read."""
     with table.transaction() as tx:
         with tx.update_snapshot().overwrite() as overwrite:
-            # Compaction passes every file with deletes, so each delete manifest goes whole (see _RowDelta).
             for old in {task.file for task in old_files} | {d for task in old_files for d in task.delete_files}:
                 overwrite.delete_data_file(old)
             for data_file in new_files:

@@ -3,10 +3,11 @@
 Each contender is a code-location file validated in a fresh process, as `dagster definitions
 validate -f <file>` does it (imports, definitions, every job and snapshot); its figure is that
 process's whole life. Quayside: its code-location entry (`code_location`) over 200 specs (the
-demo's 7 and synthetic ones) and Quayside's dbt project grown with synthetic models, its manifest prepared beforehand by
-`dbt parse` (as `make install` does; its time is reported apart). Peer: the same dbt project as the dagster-dbt docs set it up, `DbtProject`
-+ `prepare_if_dev()` + `@dbt_assets`, loaded under `dagster dev` with no prepared manifest: the
-load runs `dbt parse`. Limit: a bare `Definitions` with one asset.
+demo's 7 and synthetic ones) and Quayside's dbt project grown with synthetic models, its manifest
+prepared beforehand by `dbt parse` (as `make install` does; its time is reported apart). Peer:
+the same dbt project as the dagster-dbt docs set it up, `DbtProject` + `prepare_if_dev()` +
+`@dbt_assets`, loaded under `dagster dev` with no prepared manifest: the load runs `dbt parse`.
+Limit: a bare `Definitions` with one asset.
 """
 
 from __future__ import annotations

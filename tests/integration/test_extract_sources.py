@@ -252,17 +252,19 @@ def test_copy_full_load_round_trips_typed_values_exactly_as_the_paged_read(tmp_p
     assert rows[-2**63]["extraction_timestamp"] == datetime(2026, 7, 1, 10, 0, 0, 500000)  # the row's watermark, UTC
 
 
+@pytest.mark.parametrize("watermark", ["updated_at", None])  # dies in the watermark's max(), or in the read
 def test_a_copy_that_dies_mid_read_names_dataset_and_table_and_writes_nothing(tmp_path, monkeypatch, pg,
-                                                                              cases_table, lake_env):
+                                                                              cases_table, lake_env, watermark):
     from quayside.database import Database
 
     with pg_connect(pg) as con:  # a source whose backend is killed after 1,000 rows have been sent
+        con.execute("DROP VIEW IF EXISTS casework.cases_dying")
         con.execute("CREATE VIEW casework.cases_dying AS SELECT * FROM (SELECT c.*, row_number() OVER () AS n "
                     "FROM casework.cases c) s WHERE n <= 1000 OR pg_terminate_backend(pg_backend_pid())")
     datasets, _ = cases_project(tmp_path, pg, monkeypatch)
     spec = load_spec(datasets / "courts/cases.yaml")
     spec = spec.model_copy(update={"source": spec.source.model_copy(update={
-        "table": spec.source.table.model_copy(update={"table": "casework.cases_dying"})})})
+        "table": spec.source.table.model_copy(update={"table": "casework.cases_dying", "watermark": watermark})})})
     with pytest.raises(ExtractError, match=r"courts\.cases: reading casework\.cases_dying failed after 2 "
                                            r"attempt\(s\): terminating connection due to administrator command"):
         Database(pg, DB_PASSWORD, retries=1).extract(lake_env, spec)

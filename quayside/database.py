@@ -21,9 +21,9 @@ maximum is taken in that same snapshot (REPEATABLE READ, READ ONLY), just before
 typed by the spec and go to Parquet as they arrive, a batch's write overlapping the next one's
 decoding, so memory stays at a few batches and no local disk is needed beyond the Parquet file.
 5M rows of 8 columns: ~5 s, the snapshot held ~4.7 s of it; the CSV COPY this replaced spooled
-text to disk and parsed it again, ~9.5 s. A dropped connection restarts the read. Incremental reads stay on keyset pages: they are
-small, each page's transaction is short, and the position of the last row read is the next
-watermark.
+text to disk and parsed it again, ~9.5 s. A dropped connection restarts the read. Incremental
+reads stay on keyset pages: they are small, each page's transaction is short, and the position
+of the last row read is the next watermark.
 
 Table and column names come from the validated spec and are quoted by SQLAlchemy (for the
 full load too: its SELECT is compiled by SQLAlchemy's PostgreSQL dialect); values are bound

@@ -855,9 +855,9 @@ class _BatchWriter:
     commit at the end. A file that fails midway leaves nothing behind: its data files are
     deleted and its keys forgotten.
 
-    A chunk's Parquet files are written on a thread of their own while the next chunk (of the
-    same file or the next) is read and validated; both release the GIL, so two cores work at
-    once. One write in flight bounds memory at two chunks."""
+    A chunk gets its lineage columns and is written to Parquet on a thread of its own while the
+    next chunk (of the same file or the next) is read, validated and de-duplicated; both release
+    the GIL, so two cores work at once. One write in flight bounds memory at two chunks."""
 
     def __init__(self, lake: Lake, spec: DatasetSpec, table: Table):
         self.lake, self.spec, self.table = lake, spec, table
@@ -890,19 +890,17 @@ class _BatchWriter:
         self.seen.begin()
         try:
             for read in chunks:
-                staged, duplicates = self.seen.split(_with_lineage(read.valid, f),
-                                                     lambda: self._keys_in(self.data_files + written))
+                staged, duplicates = self.seen.split(read.valid, f, lambda: self._keys_in(self.data_files + written))
                 if read.new_columns and not totals.new_columns:
                     with self.table.update_schema() as update:
                         update.union_by_name(staged.schema.remove(staged.schema.get_field_index("_row")))
                     self.table = self.lake.load_table(self.spec.staged_namespace, self.spec.name)
-                data = conform(staged, self.table.schema().as_arrow())
-                self.pending.append((self.writes.submit(write_slices, self.table, partition_slices(self.table, data)),
-                                     written))
+                self.pending.append((self.writes.submit(_write_staged, self.table, staged, f), written))
                 self._settle(1)
-                rows_staged += data.num_rows
-                if self.preview is None and data.num_rows:  # a copy: a slice would keep the chunk's buffers alive
-                    self.preview = data.take(pa.array(np.arange(min(10, data.num_rows))))
+                rows_staged += staged.num_rows
+                if self.preview is None and staged.num_rows:  # a copy: a slice would keep the chunk's buffers alive
+                    first = staged.take(pa.array(np.arange(min(10, staged.num_rows))))
+                    self.preview = conform(_with_lineage(first, f), self.table.schema().as_arrow())
                 rejected += [row | {"raw_key": f["raw_key"], "batch_date": f["batch_date"]} for row in read.rejected]
                 rejected += duplicates
                 totals.rows_in += read.rows_in
@@ -930,6 +928,12 @@ class _BatchWriter:
     def close(self) -> None:
         self.writes.shutdown()
         self.seen.close()
+
+
+def _write_staged(table: Table, staged: pa.Table, f: dict) -> list[DataFile]:
+    """A chunk's rows of file `f`, with their lineage, as data files of the staged table."""
+    data = conform(_with_lineage(staged, f), table.schema().as_arrow())
+    return write_slices(table, partition_slices(table, data))
 
 
 class _SeenKeys:
@@ -976,9 +980,9 @@ class _SeenKeys:
             newer, older = self.runs.pop(), self.runs.pop()
             self.runs.append(np.sort(np.concatenate([older, newer]), kind="stable"))  # merges two sorted runs
 
-    def split(self, staged: pa.Table, earlier: Callable[[], pa.Table]) -> tuple[pa.Table, list[dict]]:
-        """(rows with new keys, quarantine rows of the rest); `earlier()` gives the key columns
-        of the rows staged so far."""
+    def split(self, staged: pa.Table, f: dict, earlier: Callable[[], pa.Table]) -> tuple[pa.Table, list[dict]]:
+        """(rows of file `f` with new keys, quarantine rows of the rest); `earlier()` gives the key
+        columns of the rows staged so far."""
         if self.con is None or staged.num_rows == 0:
             return staged, []
         batch = staged.select(self.spec.primary_key).append_column("_i", pa.array(np.arange(staged.num_rows)))
@@ -1015,7 +1019,7 @@ class _SeenKeys:
         for row in staged.filter(pa.array(~keep)).to_pylist():
             key = ", ".join(str(row[k]) for k in self.spec.primary_key)
             record = {k: v for k, v in row.items() if not k.startswith("_")}
-            rejected.append({"raw_key": row["_source_file"], "batch_date": row["_batch_date"],
+            rejected.append({"raw_key": f["raw_key"], "batch_date": f["batch_date"],
                              "row_number": row["_row"], "field": ",".join(self.spec.primary_key),
                              "reason": f"duplicate primary key ({key}) in this batch",
                              "record": json.dumps(record, default=str)})

@@ -17,9 +17,12 @@ SPEC = DatasetSpec.model_validate({
 })
 
 
-def _chunk(ids: np.ndarray, regions: np.ndarray, file: str) -> pa.Table:
-    return pa.table({"id": ids, "region": regions, "_row": np.arange(1, len(ids) + 1),
-                     "_source_file": [file] * len(ids), "_batch_date": pa.nulls(len(ids), pa.date32())})
+def _chunk(ids: np.ndarray, regions: np.ndarray) -> pa.Table:
+    return pa.table({"id": ids, "region": regions, "_row": np.arange(1, len(ids) + 1)})
+
+
+def _file(name: str) -> dict:
+    return {"raw_key": name, "batch_date": None}
 
 
 def test_every_repeated_key_and_only_those_is_rejected_across_chunks_and_files():
@@ -31,7 +34,7 @@ def test_every_repeated_key_and_only_those_is_rejected_across_chunks_and_files()
             for _ in range(5):  # 20 chunks of 20k keys drawn from 300k: many repeats, most new
                 ids = rng.integers(0, 150_000, 20_000)
                 regions = np.array(["north", "south"])[rng.integers(0, 2, 20_000)]
-                staged, rejected = seen.split(_chunk(ids, regions, f"f{file}.csv"),
+                staged, rejected = seen.split(_chunk(ids, regions), _file(f"f{file}.csv"),
                                               lambda: pa.concat_tables(kept).select(["id", "region"]))
                 want_new = []
                 for key in zip(ids.tolist(), regions.tolist()):
@@ -40,7 +43,8 @@ def test_every_repeated_key_and_only_those_is_rejected_across_chunks_and_files()
                 assert staged.num_rows == sum(want_new) and len(rejected) == len(ids) - sum(want_new)
                 assert list(zip(staged["id"].to_pylist(), staged["region"].to_pylist())) == [
                     k for k, new in zip(zip(ids.tolist(), regions.tolist()), want_new) if new]
-                assert all(r["reason"].startswith("duplicate primary key") for r in rejected)
+                assert all(r["reason"].startswith("duplicate primary key") and r["raw_key"] == f"f{file}.csv"
+                           for r in rejected)
                 kept.append(staged)
     finally:
         seen.close()
@@ -49,14 +53,14 @@ def test_every_repeated_key_and_only_those_is_rejected_across_chunks_and_files()
 def test_a_rolled_back_file_is_forgotten():
     seen = _SeenKeys(SPEC)
     try:
-        first = _chunk(np.arange(1000), np.array(["north"] * 1000), "a.csv")
+        first = _chunk(np.arange(1000), np.array(["north"] * 1000))
         seen.begin()
-        seen.split(first, lambda: first.schema.empty_table())
+        seen.split(first, _file("a.csv"), lambda: first.schema.empty_table())
         seen.rollback()  # a.csv failed midway: its keys were never staged
         seen.begin()
-        staged, rejected = seen.split(first, lambda: first.schema.empty_table().select(["id", "region"]))
+        staged, rejected = seen.split(first, _file("a.csv"), lambda: first.schema.empty_table().select(["id", "region"]))
         assert staged.num_rows == 1000 and rejected == []
-        again, rejected = seen.split(_chunk(np.array([5, 1000]), np.array(["north", "north"]), "b.csv"),
+        again, rejected = seen.split(_chunk(np.array([5, 1000]), np.array(["north", "north"])), _file("b.csv"),
                                      lambda: staged.select(["id", "region"]))
         assert again["id"].to_pylist() == [1000] and [r["row_number"] for r in rejected] == [1]
     finally:

@@ -50,8 +50,8 @@ from quayside.lake import Lake
 from quayside.specs import DatasetSpec
 
 T = TypeVar("T")
-# CSV parsed per Arrow batch, written as one Parquet row group (~55k rows of 8 columns): 4 MB
-# blocks keep a 5M-row full load at ~0.4 GB peak (16 MB: ~0.65 GB) at the same speed.
+
+
 class Database:
     def __init__(self, url: str, password: str = "", retries: int = 2):
         parsed = sa.make_url(url)

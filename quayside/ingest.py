@@ -40,7 +40,7 @@ from pyiceberg.manifest import DataFile
 from pyiceberg.table import Table
 
 from quayside.iceberg_files import partition_slices, replace_rows_with_files, write_slices
-from quayside.lake import Lake, Storage
+from quayside.lake import CopyMismatch, Lake, Storage
 from quayside.specs import IDENTIFIER, LINEAGE_COLUMNS, Column, DatasetSpec
 
 SYSTEM_NAMESPACE_TABLES = {
@@ -219,7 +219,7 @@ def land(lake: Lake, spec: DatasetSpec, keys: list[str] | None = None, run_id: s
     # raw while hashing, then either place it or drop it as already known. Copies run ahead on
     # worker threads while earlier files are placed and verified.
     copier = ThreadPoolExecutor(max_workers=LAND_THREADS if source.concurrent_reads else 1)
-    copies = [copier.submit(_scratch_copy, lake, source, info.key) for info in files]
+    copies = [copier.submit(_scratch_copy, lake, spec, source, info.key) for info in files]
     taken = 0  # copies whose scratch file the loop below owns
     try:
         for info, copy in zip(files, copies):
@@ -259,16 +259,21 @@ def land(lake: Lake, spec: DatasetSpec, keys: list[str] | None = None, run_id: s
     return report
 
 
-def _scratch_copy(lake: Lake, source: Storage, key: str) -> tuple[str, str]:
-    """Copy a source file to a new scratch key in raw; returns (scratch key, sha256)."""
+def _scratch_copy(lake: Lake, spec: DatasetSpec, source: Storage, key: str) -> tuple[str, str]:
+    """Copy a source file to a new scratch key in raw; returns (scratch key, sha256). Where placing
+    it will be a rename (a local lake), the copy is read back as it is written, on a second core;
+    an object store's copy is checked once placed."""
     scratch = f"_incoming/{uuid.uuid4().hex}"
-    sha, _ = lake.raw.copy_from(source, key, scratch)
+    try:
+        sha, _ = lake.raw.copy_from(source, key, scratch, read_back=lake.raw.moves_by_rename)
+    except CopyMismatch:
+        raise _mismatch(spec, key) from None
     return scratch, sha
 
 
 def _place_verified(lake: Lake, spec: DatasetSpec, scratch: str, landing_key: str, sha: str, ingest_day: date) -> str:
-    """Move a scratch copy to its raw key (never overwriting) and check the placed bytes; the
-    scratch copy is gone afterwards either way."""
+    """Move a checked scratch copy to its raw key (never overwriting), checking the placed bytes
+    where the move copies them; the scratch copy is gone afterwards either way."""
     name = PurePosixPath(landing_key)
     folder = f"{spec.domain}/{spec.name}/ingest_date={ingest_day.isoformat()}"
     raw_key = f"{folder}/{name.name}"
@@ -278,10 +283,14 @@ def _place_verified(lake: Lake, spec: DatasetSpec, scratch: str, landing_key: st
             return raw_key  # placed by an earlier attempt that failed before recording it
         raw_key = f"{folder}/{name.stem}.{sha[:12]}{name.suffix}"  # raw is immutable: never overwrite
     lake.raw.move(scratch, raw_key)
-    if lake.raw.sha256(raw_key) != sha:
+    if not lake.raw.moves_by_rename and lake.raw.sha256(raw_key) != sha:
         lake.raw.delete(raw_key)  # raw holds only verified copies
-        raise IngestError(f"{spec.key}: raw copy of {landing_key!r} does not match its sha256 (source file kept)")
+        raise _mismatch(spec, landing_key)
     return raw_key
+
+
+def _mismatch(spec: DatasetSpec, landing_key: str) -> IngestError:
+    return IngestError(f"{spec.key}: raw copy of {landing_key!r} does not match its sha256 (source file kept)")
 
 
 def _after_ingest(source: Storage, spec: DatasetSpec, key: str) -> None:

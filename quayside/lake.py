@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import import_module
@@ -148,7 +150,8 @@ class Storage:
         return self.fs.open_input_file(self.path(key))
 
     def open_stream(self, key: str) -> BinaryIO:
-        return self.fs.open_input_stream(self.path(key))
+        # compression=None: pyarrow would otherwise decompress a '.gz' (or '.zst', …) file by its name
+        return self.fs.open_input_stream(self.path(key), compression=None)
 
     def read_bytes(self, key: str) -> bytes:
         with self.open(key) as f:
@@ -161,26 +164,35 @@ class Storage:
                 digest.update(chunk)
         return digest.hexdigest()
 
-    def write(self, key: str, source: BinaryIO | bytes) -> tuple[str, int]:
-        """Write atomically (temp file + rename locally; S3 PUT is atomic). Returns (sha256, bytes)."""
+    @property
+    def moves_by_rename(self) -> bool:
+        """A move renames the file and cannot change its bytes; an object store copies them."""
+        return self._s3 is None
+
+    def write(self, key: str, source: BinaryIO | bytes, read_back: bool = False) -> tuple[str, int]:
+        """Write atomically (temp file + rename locally; S3 PUT is atomic). Returns (sha256, bytes).
+
+        `read_back`: read the written bytes back and raise CopyMismatch, leaving nothing at `key`,
+        unless they hash the same. Locally they are read behind the writer on a second thread, so
+        the check adds little time."""
         target = self.path(key)
         parent = target.rsplit("/", 1)[0]
         self.fs.create_dir(parent, recursive=True)
         tmp = f"{parent}/.quayside-tmp-{os.urandom(6).hex()}" if self._s3 is None else target
         digest, size = hashlib.sha256(), 0
         try:
-            with self.fs.open_output_stream(tmp) as out:
-                if isinstance(source, bytes):
-                    digest.update(source)
-                    out.write(source)
-                    size = len(source)
-                else:
-                    # pyarrow streams hand out their buffers without a copy into Python bytes.
-                    read = getattr(source, "read_buffer", source.read)
-                    while len(chunk := read(CHUNK)):
-                        digest.update(chunk)
-                        out.write(chunk)
-                        size += len(chunk)
+            with (self.fs.open_output_stream(tmp, compression=None) as out,
+                  _ReadBehind(tmp) if read_back and tmp != target else nullcontext() as behind):
+                for chunk in [source] if isinstance(source, bytes) else _chunks(source):
+                    digest.update(chunk)
+                    out.write(chunk)
+                    size += len(chunk)
+                    if behind:
+                        behind.follow(size)
+                read_back_sha = behind.hexdigest() if behind else None
+            if read_back and (read_back_sha or self.sha256(key)) != digest.hexdigest():
+                self.fs.delete_file(tmp)  # on S3, the object just written
+                raise CopyMismatch(f"{key}: the bytes read back differ from those written")
             if tmp != target:
                 self.fs.move(tmp, target)
         except BaseException:
@@ -189,9 +201,9 @@ class Storage:
             raise
         return digest.hexdigest(), size
 
-    def copy_from(self, other: Storage, key: str, dest_key: str) -> tuple[str, int]:
+    def copy_from(self, other: Storage, key: str, dest_key: str, read_back: bool = False) -> tuple[str, int]:
         with other.open_stream(key) as src:
-            return self.write(dest_key, src)
+            return self.write(dest_key, src, read_back)
 
     def delete(self, key: str) -> None:
         self.fs.delete_file(self.path(key))
@@ -200,6 +212,56 @@ class Storage:
         target = self.path(dest_key)
         self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
         self.fs.move(self.path(key), target)
+
+
+class CopyMismatch(OSError):
+    """A written file read back differently from the bytes written."""
+
+
+def _chunks(source: BinaryIO) -> Iterator:
+    # pyarrow streams hand out their buffers without a copy into Python bytes.
+    read = getattr(source, "read_buffer", source.read)
+    while len(chunk := read(CHUNK)):
+        yield chunk
+
+
+class _ReadBehind:
+    """Hashes a local file while it is written, reading on a second thread what the writer has
+    written so far (unbuffered writes are visible to readers at once)."""
+
+    def __init__(self, path: str):
+        self._file = open(path, "rb", buffering=0)
+        self._digest = hashlib.sha256()
+        self._reader = ThreadPoolExecutor(max_workers=1)
+        self._reads: list[Future] = []
+        self._followed = 0
+
+    def follow(self, written: int) -> None:
+        """The writer has written `written` bytes in all."""
+        self._reads.append(self._reader.submit(self._read, written - self._followed))
+        self._followed = written
+
+    def _read(self, size: int) -> None:
+        while size > 0:
+            chunk = self._file.read(min(size, CHUNK))
+            if not chunk:
+                raise CopyMismatch(f"{self._file.name}: shorter than written")
+            self._digest.update(chunk)
+            size -= len(chunk)
+
+    def hexdigest(self) -> str:
+        for read in self._reads:
+            read.result()
+        if self._file.read(1):
+            raise CopyMismatch(f"{self._file.name}: longer than written")
+        return self._digest.hexdigest()
+
+    def __enter__(self) -> _ReadBehind:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._reader.shutdown(cancel_futures=True)
+        self._file.close()
 
 
 def local_storage(root: Path) -> Storage:

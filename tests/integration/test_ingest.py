@@ -12,6 +12,7 @@ import pytest
 from pyiceberg.expressions import EqualTo
 
 from quayside import checks, ingest
+from quayside.lake import _ReadBehind as ReadBehind
 from quayside.specs import DatasetSpec
 
 DAY = date(2026, 11, 1)
@@ -311,14 +312,17 @@ def test_a_failed_verify_midway_keeps_every_source_and_leaves_no_copies_behind(l
     spec = population_spec(source={"after_ingest": "delete"})
     keys = [deliver(lake, f"pop_2026-11-0{day}.csv", HEADER + f"2026-11-0{day},AAA,{day},A\n".encode())
             for day in range(1, 7)]
-    verify = lake.raw.sha256
     calls = []
 
-    def corrupt_second(key: str) -> str:  # the second placed copy reads back wrong
-        calls.append(key)
-        return "0" * 64 if len(calls) == 2 else verify(key)
+    def wrong_on_second_call(read_back):  # the second copy reads back wrong
+        def check(*args) -> str:
+            calls.append(args)
+            return "0" * 64 if len(calls) == 2 else read_back(*args)
+        return check
 
-    monkeypatch.setattr(lake.raw, "sha256", corrupt_second)
+    # A local copy is read back as it is written; an S3 copy once placed.
+    monkeypatch.setattr(lake.raw, "sha256", wrong_on_second_call(lake.raw.sha256))
+    monkeypatch.setattr(ReadBehind, "hexdigest", wrong_on_second_call(ReadBehind.hexdigest))
     with pytest.raises(ingest.IngestError, match="does not match its sha256"):
         ingest.land(lake, spec)
     assert all(lake.landing.info(key) is not None for key in keys)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+
 import pyarrow as pa
 import pytest
 
-from quayside.lake import zone_of
+from quayside.lake import CopyMismatch, zone_of
+from quayside.lake import _ReadBehind as ReadBehind
 
 
 def test_listing_is_ordered_and_resumes_after_a_key(local_lake):
@@ -21,6 +25,31 @@ def test_writes_are_atomic_and_hashed(local_lake):
     assert local_lake.raw.sha256("a/b.csv") == sha
     leftovers = [f.key for f in local_lake.raw.list("") if "tmp" in f.key]
     assert leftovers == []
+
+
+def test_compressed_files_are_kept_byte_for_byte(local_lake):
+    # pyarrow's streams (de)compress by file extension unless told not to: raw must be the bytes received
+    data = gzip.compress(b"id,name\n1,a\n")
+    sha, _ = local_lake.landing.write("drop/a.csv.gz", data)
+    assert sha == hashlib.sha256(data).hexdigest() == local_lake.landing.sha256("drop/a.csv.gz")
+    assert local_lake.raw.copy_from(local_lake.landing, "drop/a.csv.gz", "x/a.csv.gz", read_back=True)[0] == sha
+    assert local_lake.raw.read_bytes("x/a.csv.gz") == data
+
+
+def test_reading_behind_a_writer_hashes_what_is_on_disk(tmp_path):
+    path = tmp_path / "copy"
+    with open(path, "wb", buffering=0) as out, ReadBehind(str(path)) as behind:
+        written = 0
+        for part in [b"abc" * 1000, b"def" * 5000]:
+            out.write(part)
+            written += len(part)
+            behind.follow(written)
+        assert behind.hexdigest() == hashlib.sha256(b"abc" * 1000 + b"def" * 5000).hexdigest()
+    with open(path, "r+b") as damaged:
+        damaged.truncate(100)
+    with ReadBehind(str(path)) as behind, pytest.raises(CopyMismatch, match="shorter than written"):
+        behind.follow(18000)
+        behind.hexdigest()
 
 
 @pytest.mark.parametrize("key", ["../escape.csv", "a/../../escape.csv", "/etc/passwd"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 from datetime import date, datetime
+from decimal import Decimal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -257,6 +258,36 @@ def test_a_file_is_staged_in_chunks_with_file_row_numbers_and_duplicates_across_
     assert "below the minimum" in reasons[1500] and "duplicate primary key" in reasons[1900]
     table = local_lake.load_table(spec.staged_namespace, spec.name)
     assert len(table.inspect.files()) > 10  # really written chunk by chunk
+
+
+# Rules Arrow's aggregates can prove hold (no pattern): each broken by one row of a typed file.
+TYPED_RULES = [("required", {"population": None}, "population: required value is missing"),
+               ("enum", {"category": "D"}, "category: not one of A, B, C: D"),
+               ("minimum", {"population": -1}, "population: below the minimum 0: -1"),
+               ("maximum", {"snapshot_date": date(2026, 12, 2)}, "snapshot_date: above the maximum 2026-12-01: 2026-12-02"),
+               ("decimal bound", {"rate": "100.01"}, "rate: above the maximum 100: 100.01")]
+
+
+@pytest.mark.parametrize("broken, row, reason", TYPED_RULES, ids=[rule for rule, *_ in TYPED_RULES])
+def test_each_rule_finds_its_row_in_typed_data(local_lake, broken, row, reason):
+    spec = population_spec(source={"format": "parquet"}, primary_key=["establishment_code"], partitioning=None,
+                           columns=[{"name": "snapshot_date", "type": "date", "max": "2026-12-01"},
+                                    {"name": "establishment_code", "type": "string", "nullable": False},
+                                    {"name": "population", "type": "int", "nullable": False, "min": 0},
+                                    {"name": "category", "type": "string", "enum": ["A", "B", "C"]},
+                                    {"name": "rate", "type": "decimal(5,2)", "min": 0, "max": 100}])
+    rows = [{"snapshot_date": DAY, "establishment_code": f"E{i:03d}", "population": i, "category": "ABC"[i % 3],
+             "rate": "12.50"} for i in range(300)]
+    rows[200] |= row
+    schema = pa.schema([("snapshot_date", pa.date32()), ("establishment_code", pa.string()),
+                        ("population", pa.int64()), ("category", pa.string()), ("rate", pa.decimal128(5, 2))])
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist([r | {"rate": Decimal(r["rate"])} for r in rows], schema), buf)
+    deliver(local_lake, "pop_2026-11-01.parquet", buf.getvalue())
+    report = run(local_lake, spec)
+    assert (report.rows_in, report.rows_staged, report.rows_quarantined) == (300, 299, 1)
+    (bad,) = quarantined(local_lake)
+    assert (bad["row_number"], bad["reason"]) == (201, reason)
 
 
 def stage_with_one_bad_line(lake, line: int, text: bytes) -> dict:

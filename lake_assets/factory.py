@@ -246,14 +246,15 @@ def loads_chart(lake: LakeResource, spec: DatasetSpec) -> dg.MetadataValue | Non
     staged, quarantined = np.zeros(len(days) - 1), np.zeros(len(days) - 1)
     at = (np.array([r[0] for r in rows], dtype="datetime64[D]") - first).astype(int)
     staged[at], quarantined[at] = [r[1] for r in rows], [r[2] for r in rows]
+    total = staged + quarantined
     fig, ax = new_figure()
     ax.stairs(staged, days, fill=True, label="rows staged", color="#3b7dd8")
-    ax.stairs(staged + quarantined, days, baseline=staged, fill=True, label="rows quarantined", color="#d8573b")
+    ax.stairs(total, days, baseline=staged, fill=True, label="rows quarantined", color="#d8573b")
     for day, rows_staged, rows_quarantined, bad_files in rows:
         if bad_files:  # over the middle of the day's step
             ax.annotate(f"+{bad_files} file(s)\nquarantined", (datetime.combine(day, time(12)), rows_staged + rows_quarantined),
                         xytext=(0, 3), textcoords="offset points", ha="center", fontsize=7, color="#d8573b")
-    ax.set_ylim(0, max(r[1] + r[2] for r in rows) * 1.35 or 1)
+    ax.set_ylim(0, total.max() * 1.35 or 1)
     ax.set_title(f"{spec.key}: rows per batch", fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     ax.tick_params(labelsize=7)

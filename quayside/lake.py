@@ -172,9 +172,10 @@ class Storage:
     def write(self, key: str, source: BinaryIO | bytes, read_back: bool = False) -> tuple[str, int]:
         """Write atomically (temp file + rename locally; S3 PUT is atomic). Returns (sha256, bytes).
 
-        `read_back`: read the written bytes back and raise CopyMismatch, leaving nothing at `key`,
-        unless they hash the same. Locally they are read behind the writer on a second thread, so
-        the check adds little time."""
+        `read_back` (local storage): read the written bytes back, behind the writer on a second
+        thread, and raise CopyMismatch, leaving nothing at `key`, unless they hash the same."""
+        if read_back and self._s3 is not None:
+            raise ValueError("read_back needs local storage: an S3 object can only be checked once written")
         target = self.path(key)
         parent = target.rsplit("/", 1)[0]
         self.fs.create_dir(parent, recursive=True)
@@ -182,17 +183,15 @@ class Storage:
         digest, size = hashlib.sha256(), 0
         try:
             with (self.fs.open_output_stream(tmp, compression=None) as out,
-                  _ReadBehind(tmp) if read_back and tmp != target else nullcontext() as behind):
+                  _ReadBehind(tmp) if read_back else nullcontext() as behind):
                 for chunk in [source] if isinstance(source, bytes) else _chunks(source):
                     digest.update(chunk)
                     out.write(chunk)
                     size += len(chunk)
                     if behind:
                         behind.follow(size)
-                read_back_sha = behind.hexdigest() if behind else None
-            if read_back and (read_back_sha or self.sha256(key)) != digest.hexdigest():
-                self.fs.delete_file(tmp)  # on S3, the object just written
-                raise CopyMismatch(f"{key}: the bytes read back differ from those written")
+                if behind and behind.hexdigest() != digest.hexdigest():
+                    raise CopyMismatch(f"{key}: the bytes read back differ from those written")
             if tmp != target:
                 self.fs.move(tmp, target)
         except BaseException:

@@ -7,13 +7,17 @@ is re-opened once per operation, so a long listing or copy resumes cleanly.
 
 from __future__ import annotations
 
+import io
 import posixpath
+import socket
 import stat
+from collections import deque
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from typing import TypeVar
 
 import paramiko
+from paramiko.sftp import CMD_DATA, CMD_READ, CMD_STATUS, int64
 
 from quayside.lake import FileInfo, Storage
 from quayside.specs import check_relative_path
@@ -60,6 +64,9 @@ class SftpStorage(Storage):
             raise SftpError(f"{where}: {exc}") from None
         except OSError as exc:
             raise SftpError(f"{where}: cannot connect: {exc}") from None
+        # Small read requests go out one by one as pieces are consumed: without TCP_NODELAY, Nagle's
+        # algorithm holds each until the last is acknowledged, and reads ran 2.3x slower.
+        client.get_transport().sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._client, self._sftp = client, client.open_sftp()
         self._sftp.get_channel().settimeout(self.timeout)
         return self._sftp
@@ -119,10 +126,9 @@ class SftpStorage(Storage):
             return None
         return FileInfo(key, st.st_size or 0, datetime.fromtimestamp(st.st_mtime or 0, timezone.utc))
 
-    def open_stream(self, key: str):
+    def open_stream(self, key: str) -> io.BufferedReader:
         handle = self._retry(lambda sftp: sftp.open(self.path(key), "rb"))
-        handle.prefetch()
-        return handle
+        return io.BufferedReader(_PipelinedReader(handle))
 
     def delete(self, key: str) -> None:
         self._retry(lambda sftp: sftp.remove(self.path(key)))
@@ -148,3 +154,86 @@ class SftpStorage(Storage):
 
     def write(self, key: str, source) -> tuple[str, int]:
         raise SftpError("sources are read-only: Quayside never writes to a supplier's SFTP server")
+
+
+class _PipelinedReader(io.RawIOBase):
+    """Reads a remote file front to back with READ_AHEAD requests of PIECE bytes in flight, so at
+    most READ_AHEAD × PIECE bytes are held however slowly the caller consumes.
+
+    Not paramiko's own prefetch(): when the caller drains its queue faster than its thread enqueues
+    (a busy machine), it takes the file for finished and buffers the rest unread: a 1 GB copy held
+    1.2 GB and took minutes (paramiko PR #2519, open). Nor its read(n): that grows one bytes object
+    a 32 KB response at a time, quadratic in n (8 MB reads ran at 45 MB/s). This uses paramiko's
+    request/response plumbing (pinned in the lockfile) from the caller's thread alone."""
+
+    PIECE = 32 * 1024  # the read size every SFTP server must serve whole
+    READ_AHEAD = 64  # as OpenSSH's sftp client
+
+    def __init__(self, handle: paramiko.SFTPFile):
+        self._sftp, self._handle = handle.sftp, handle
+        self._requested = 0  # file offset of the next request to send
+        self._in_flight: deque[tuple[int, int]] = deque()  # (request number, offset), in file order
+        self._arrived: dict[int, bytes | Exception] = {}
+        self._piece, self._eof = memoryview(b""), False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if not self._piece and not self._eof:
+            self._piece = memoryview(self._next_piece())
+        size = min(len(buffer), len(self._piece))
+        buffer[:size] = self._piece[:size]
+        self._piece = self._piece[size:]
+        return size
+
+    def _next_piece(self) -> bytes:
+        while len(self._in_flight) < self.READ_AHEAD:
+            number = self._sftp._async_request(self, CMD_READ, self._handle.handle, int64(self._requested),
+                                               self.PIECE)
+            self._in_flight.append((number, self._requested))
+            self._requested += self.PIECE
+        number, offset = self._in_flight.popleft()
+        while number not in self._arrived:
+            self._sftp._read_response()
+        data = self._arrived.pop(number)
+        if isinstance(data, EOFError):
+            self._eof = True
+            return b""
+        if isinstance(data, Exception):
+            raise data
+        if len(data) < self.PIECE:  # the end of the file, or a server that serves less: read the rest
+            data += self._read_synchronously(offset + len(data), self.PIECE - len(data))
+        return data
+
+    def _read_synchronously(self, offset: int, size: int) -> bytes:
+        pieces = []
+        while size > 0:
+            try:
+                kind, message = self._sftp._request(CMD_READ, self._handle.handle, int64(offset), size)
+            except EOFError:
+                break
+            piece = message.get_string() if kind == CMD_DATA else b""
+            if not piece:
+                break
+            pieces.append(piece)
+            offset, size = offset + len(piece), size - len(piece)
+        return b"".join(pieces)
+
+    def _async_response(self, kind: int, message: paramiko.Message, number: int) -> None:
+        """paramiko calls this with the response to each request this reader sent."""
+        if kind == CMD_STATUS:
+            try:
+                self._sftp._convert_status(message)  # raises EOFError at the end, IOError on failure
+                self._arrived[number] = IOError("SFTP read answered OK without data")
+            except (EOFError, IOError) as exc:
+                self._arrived[number] = exc
+        elif kind == CMD_DATA:
+            self._arrived[number] = message.get_string()
+        else:
+            self._arrived[number] = IOError(f"SFTP read answered with message type {kind}")
+
+    def close(self) -> None:
+        if not self.closed:
+            self._handle.close()  # waits for its answer, after those to reads still in flight (delivered here)
+        super().close()

@@ -201,6 +201,31 @@ def test_sftp_resumes_after_a_dropped_connection(sftp_server):
     assert storage.info("drop/missing.csv") is None
 
 
+def test_sftp_reads_every_size_whole_and_a_stream_left_early_does_not_disturb_the_next(sftp_server):
+    """Sizes around the 32 KB read piece and past the read-ahead window, read back byte for byte;
+    a stream closed with reads in flight leaves the connection clean for the next file."""
+    import os
+
+    from quayside.connections import open_connection
+    from quayside.sftp import _PipelinedReader
+
+    settings, data, _ = sftp_server
+    (data / "sizes").mkdir(exist_ok=True)
+    piece, window = _PipelinedReader.PIECE, _PipelinedReader.PIECE * _PipelinedReader.READ_AHEAD
+    sizes = [0, 1, piece - 1, piece, piece + 1, window + piece // 2, 3 * window]
+    bodies = {size: os.urandom(size) for size in sizes}
+    for size, body in bodies.items():
+        (data / "sizes" / f"{size}.bin").write_bytes(body)
+    storage = open_connection(parse_connection("supplier", settings))
+    for size, body in bodies.items():
+        with storage.open_stream(f"sizes/{size}.bin") as stream:
+            assert stream.read() == body, size
+    with storage.open_stream(f"sizes/{3 * window}.bin") as stream:
+        assert stream.read(10) == bodies[3 * window][:10]  # closed with a window of reads in flight
+    with storage.open_stream(f"sizes/{piece + 1}.bin") as stream:
+        assert stream.read() == bodies[piece + 1]
+
+
 # --- Azure Blob Storage: Azurite on 127.0.0.1 -----------------------------------------------------
 @pytest.fixture(scope="module")
 def azurite():

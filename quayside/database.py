@@ -46,7 +46,7 @@ import sqlalchemy as sa
 
 from quayside.extract import ExtractError, Extraction, change_columns, finish, last_extraction, scratch_file
 from quayside.ingest import arrow_type
-from quayside.lake import Lake
+from quayside.lake import PARQUET_DICTIONARY_BYTES, Lake
 from quayside.specs import DatasetSpec
 
 T = TypeVar("T")
@@ -127,7 +127,7 @@ class Database:
             (row,), seconds = self._query(spec, sa.select(sa.func.max(table.c[source.watermark])))
             next_watermark, run.source_seconds = ([] if row[0] is None else [row[0]]), seconds
         with scratch_file(".parquet") as scratch:
-            with pq.ParquetWriter(scratch, schema, compression="zstd") as writer:
+            with _extract_writer(scratch, schema) as writer:
                 while True:
                     query = (sa.select(*[table.c[c] for c in columns]).where(_after(table, order, position))
                              .order_by(*[table.c[c] for c in order]).limit(source.page_rows))
@@ -178,7 +178,7 @@ class Database:
             batches = cursor.fetch_record_batch()
             # A batch's Parquet is written on a thread of its own while the next one is decoded
             # (both release the GIL); one write in flight keeps memory at three batches.
-            with (pq.ParquetWriter(scratch, schema, compression="zstd") as writer,
+            with (_extract_writer(scratch, schema) as writer,
                   ThreadPoolExecutor(max_workers=1, thread_name_prefix="quayside-extract-write") as writes):
                 writing = None
                 while True:
@@ -203,6 +203,10 @@ class Database:
     def _sql(self, statement: sa.Select) -> str:
         """A statement without parameters as PostgreSQL text, identifiers quoted by SQLAlchemy."""
         return str(statement.compile(dialect=self.engine.dialect))
+
+
+def _extract_writer(path: Path, schema: pa.Schema) -> pq.ParquetWriter:
+    return pq.ParquetWriter(path, schema, compression="zstd", dictionary_pagesize_limit=PARQUET_DICTIONARY_BYTES)
 
 
 class _ReadLost(Exception):

@@ -67,6 +67,18 @@ def test_tables_lists_zone_rows_and_update_time(local_lake):
     assert local_lake.connect().sql("SELECT sum(id) FROM staged_demo.t").fetchone() == (6,)
 
 
+def test_tables_get_the_write_defaults_even_when_made_before_them(local_lake):
+    schema = pa.schema([("id", pa.int64())])
+    created = local_lake.create_table("staged_demo", "new", schema)
+    assert created.properties["write.parquet.dict-size-bytes"] == str(512 * 1024)
+    own = local_lake.create_table("staged_demo", "own", schema, properties={"write.parquet.dict-size-bytes": "1024"})
+    assert own.properties["write.parquet.dict-size-bytes"] == "1024"  # a table's own setting wins
+    local_lake.catalog.create_table(("staged_demo", "older"), schema=schema)  # as an earlier version made it
+    older = local_lake.create_table("staged_demo", "older", schema)
+    assert older.properties["write.parquet.dict-size-bytes"] == str(512 * 1024)
+    assert local_lake.load_table("staged_demo", "older").properties == older.properties
+
+
 def test_namespaces_and_table_names_are_validated(local_lake):
     with pytest.raises(ValueError):
         local_lake.create_table("staged; drop table x", "t", pa.schema([("id", pa.int64())]))

@@ -1021,10 +1021,9 @@ class _SeenKeys:
             (ordered >> np.uint64(64 - self.FILTER_BITS)) & np.uint64(63))
 
     def _add_run(self, ordered: np.ndarray) -> None:
-        words, bits = self._filter_words(ordered)
-        if len(words):  # sorted hashes, so each word's bits are one contiguous group
-            starts = np.flatnonzero(np.r_[True, words[1:] != words[:-1]])
-            self.filter[words[starts]] |= np.bitwise_or.reduceat(bits, starts)
+        if not len(ordered):
+            return  # a chunk of nothing but repeats: an empty run would break the binary searches
+        np.bitwise_or.at(self.filter, *self._filter_words(ordered))
         self.runs.append(ordered)
         while len(self.runs) > 1 and len(self.runs[-2]) <= 2 * len(self.runs[-1]):
             newer, older = self.runs.pop(), self.runs.pop()
@@ -1038,15 +1037,16 @@ class _SeenKeys:
         batch = staged.select(self.spec.primary_key).append_column("_i", pa.array(np.arange(staged.num_rows)))
         self.con.register("batch", batch)
         hashes = self.con.execute(f"SELECT hash({self.keys}) AS h FROM batch").fetchnumpy()["h"]
-        order = np.argsort(hashes)
-        ordered = hashes[order]  # sorted needles: binary searches walk the runs in order, cache-friendly
-        words, bits = self._filter_words(ordered)
-        hits = np.flatnonzero(self.filter[words] & bits)
-        candidates, found = ordered[hits], np.zeros(len(ordered), bool)
+        words, bits = self._filter_words(hashes)
+        hits = np.flatnonzero(self.filter[words] & bits)  # rows whose hash may be in the runs: few
+        by_hash = np.argsort(hashes[hits])
+        needles = hashes[hits[by_hash]]  # sorted: binary searches walk the runs in order, cache-friendly
+        found = np.zeros(len(needles), bool)
         for run in self.runs:
-            found[hits] |= run[np.searchsorted(run, candidates).clip(max=len(run) - 1)] == candidates
-        seen_before = np.empty_like(found)
-        seen_before[order] = found
+            found |= run[np.searchsorted(run, needles).clip(max=len(run) - 1)] == needles
+        seen_before = np.zeros(len(hashes), bool)
+        seen_before[hits[by_hash]] = found
+        ordered = np.sort(hashes)
         repeated = ordered[1:][ordered[1:] == ordered[:-1]]
         maybe = seen_before | np.isin(hashes, repeated)
         dup_index = np.empty(0, np.int64)

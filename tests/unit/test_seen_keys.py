@@ -65,3 +65,18 @@ def test_a_rolled_back_file_is_forgotten():
         assert again["id"].to_pylist() == [1000] and [r["row_number"] for r in rejected] == [1]
     finally:
         seen.close()
+
+
+def test_a_chunk_of_nothing_but_repeats_leaves_the_next_chunks_exact():
+    seen = _SeenKeys(SPEC)
+    try:
+        seen.begin()
+        first = _chunk(np.arange(100), np.array(["north"] * 100))
+        seen.split(first, _file("a.csv"), lambda: first.schema.empty_table())
+        staged, rejected = seen.split(first.slice(10, 20), _file("a.csv"), lambda: first.select(["id", "region"]))
+        assert staged.num_rows == 0 and len(rejected) == 20  # every key seen before: nothing new to remember
+        staged, rejected = seen.split(_chunk(np.array([50, 100]), np.array(["north", "north"])), _file("a.csv"),
+                                      lambda: first.select(["id", "region"]))
+        assert staged["id"].to_pylist() == [100] and [r["row_number"] for r in rejected] == [1]
+    finally:
+        seen.close()

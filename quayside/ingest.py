@@ -1015,10 +1015,10 @@ class _SeenKeys:
     def rollback(self) -> None:
         self.runs = self.at_file_start
 
-    def _filter_words(self, ordered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _filter_words(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Each hash's word in the bitmap and its bit in that word (the hash's top bits)."""
-        return ordered >> np.uint64(64 - self.FILTER_BITS + 6), np.uint64(1) << (
-            (ordered >> np.uint64(64 - self.FILTER_BITS)) & np.uint64(63))
+        return hashes >> np.uint64(64 - self.FILTER_BITS + 6), np.uint64(1) << (
+            (hashes >> np.uint64(64 - self.FILTER_BITS)) & np.uint64(63))
 
     def _add_run(self, ordered: np.ndarray) -> None:
         if not len(ordered):

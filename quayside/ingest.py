@@ -1039,13 +1039,12 @@ class _SeenKeys:
         hashes = self.con.execute(f"SELECT hash({self.keys}) AS h FROM batch").fetchnumpy()["h"]
         words, bits = self._filter_words(hashes)
         hits = np.flatnonzero(self.filter[words] & bits)  # rows whose hash may be in the runs: few
-        by_hash = np.argsort(hashes[hits])
-        needles = hashes[hits[by_hash]]  # sorted: binary searches walk the runs in order, cache-friendly
-        found = np.zeros(len(needles), bool)
+        probed = hits[np.argsort(hashes[hits])]  # by hash: binary searches walk the runs in order
+        needles, found = hashes[probed], np.zeros(len(probed), bool)
         for run in self.runs:
             found |= run[np.searchsorted(run, needles).clip(max=len(run) - 1)] == needles
         seen_before = np.zeros(len(hashes), bool)
-        seen_before[hits[by_hash]] = found
+        seen_before[probed] = found
         ordered = np.sort(hashes)
         repeated = ordered[1:][ordered[1:] == ordered[:-1]]
         maybe = seen_before | np.isin(hashes, repeated)

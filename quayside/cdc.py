@@ -92,9 +92,8 @@ def apply_changes(lake: Lake, spec: DatasetSpec, changes: pa.Table, full_load: b
     touched = None if full_load else _touched_partitions(history, changes)
     history_files = _data_files(history, changes, touched)
     current_files = _data_files(current, changes, touched)
-    con = duckdb.connect()
+    con = lake.connect(views=False)  # reads the tables' files, on S3 too
     try:
-        lake.attach(con, views=False)  # reads the tables' files, on S3 too
         merge = _Merge(con, spec, base.names, changes, _arrow_schema(history), history_files, current_files)
         new, closed = merge.new_versions(full_load)
         if new == 0:

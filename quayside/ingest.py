@@ -22,7 +22,7 @@ import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from pathlib import PurePosixPath
@@ -39,6 +39,7 @@ from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression, EqualTo, I
 from pyiceberg.manifest import DataFile
 from pyiceberg.table import Table
 
+from quayside.delivered import CorruptArchive, StorageUnavailable, compression_of, local_data, open_data
 from quayside.iceberg_files import partition_slices, replace_rows_with_files, write_slices
 from quayside.lake import CopyMismatch, Lake, Storage
 from quayside.specs import IDENTIFIER, LINEAGE_COLUMNS, Column, DatasetSpec
@@ -335,26 +336,38 @@ CSV_BLOCK_BYTES = 1 << 20
 PARQUET_BATCH_ROWS = 64 * 1024  # decoded this many rows at a time
 
 
+# Failures that are not about the file: they fail the run (a re-run retries), never quarantine it.
+NOT_THE_FILES_FAULT = (StorageUnavailable, duckdb.IOException, MemoryError)
+
+
 def read_raw_file(lake: Lake, spec: DatasetSpec, raw_key: str, con: duckdb.DuckDBPyConnection,
                   name_malformed_lines: bool = False) -> Iterator[FileRead]:
     """Read, type and validate one raw file, a chunk at a time: CSV and Parquet are streamed in
-    chunks of `CHUNK_BYTES`; JSON Lines (and CSV read by DuckDB) come as one chunk. Raises
-    IngestError when the whole file is unusable, MalformedCsv (possibly after some chunks) when
-    pyarrow finds a malformed CSV row."""
+    chunks of `CHUNK_BYTES`; JSON Lines (and CSV read by DuckDB) come as one chunk. A compressed
+    file (`.gz`, `.zip`) is read decompressed. Raises IngestError when the whole file is unusable,
+    whatever the reader raised, MalformedCsv (possibly after some chunks) when pyarrow finds a
+    malformed CSV row; only storage failures (`NOT_THE_FILES_FAULT`) pass as they are."""
     info = lake.raw.info(raw_key)
     if info is None:
         raise IngestError(f"{spec.key}: raw file {raw_key!r} is missing")
     if info.size == 0:
         raise IngestError(f"{spec.key}: {raw_key}: empty file (0 bytes)")
+    try:
+        yield from _read_raw_file(lake, spec, raw_key, con, name_malformed_lines)
+    except (IngestError, MalformedCsv, *NOT_THE_FILES_FAULT):
+        raise
+    except Exception as exc:  # a reader library's own exception, of any type, is about the file's bytes
+        raise IngestError(f"{spec.key}: {raw_key}: cannot read {spec.source.format}: {_described(exc)}") from None
+
+
+def _read_raw_file(lake: Lake, spec: DatasetSpec, raw_key: str, con: duckdb.DuckDBPyConnection,
+                   name_malformed_lines: bool) -> Iterator[FileRead]:
     fmt = spec.source.format
     if fmt == "parquet":
-        try:
-            parquet = pq.ParquetFile(lake.raw.open(raw_key))
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise IngestError(f"{spec.key}: {raw_key}: cannot read parquet: {_first_line(exc)}") from None
-        names = parquet.schema_arrow.names
-        chunks = _parquet_chunks(spec, raw_key, parquet)
-        yield from _validated_chunks(spec, raw_key, names, _check_columns(spec, raw_key, names), con, chunks)
+        with _parquet_file(lake.raw, raw_key) as parquet:
+            names = parquet.schema_arrow.names
+            chunks = _parquet_chunks(parquet)
+            yield from _validated_chunks(spec, raw_key, names, _check_columns(spec, raw_key, names), con, chunks)
         return
     if fmt == "csv":
         names = _csv_header(lake.raw, spec, raw_key)
@@ -362,17 +375,26 @@ def read_raw_file(lake: Lake, spec: DatasetSpec, raw_key: str, con: duckdb.DuckD
             chunks = _csv_chunks(lake.raw, spec, raw_key, names)
             yield from _validated_chunks(spec, raw_key, names, _check_columns(spec, raw_key, names), con, chunks)
             return
-    path = lake.raw.duckdb_path(raw_key)
-    try:
+    with local_data(lake.raw, raw_key, without_bom=fmt == "jsonl") as path:
         rejected = []
         if fmt == "csv":
             source, rejected = _read_csv_duckdb(spec, raw_key, path, names, con)
         else:
             source = _read_jsonl(spec, path, con)
-        names = [name for name, *_ in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()]
-    except duckdb.Error as exc:
-        raise IngestError(f"{spec.key}: {raw_key}: cannot read {fmt}: {_first_line(exc)}") from None
+    names = [name for name, *_ in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()]
     yield _validated(spec, raw_key, source, names, _check_columns(spec, raw_key, names), con, None, rejected)
+
+
+@contextmanager
+def _parquet_file(storage: Storage, raw_key: str) -> Iterator[pq.ParquetFile]:
+    """The file's Parquet reader (random access: a compressed delivery is decompressed to a
+    temporary file first)."""
+    if compression_of(raw_key):
+        with local_data(storage, raw_key) as path, pq.ParquetFile(path) as parquet:
+            yield parquet
+    else:
+        with open_data(storage, raw_key, random_access=True) as data, pq.ParquetFile(data) as parquet:
+            yield parquet
 
 
 def consume_raw_file(lake: Lake, spec: DatasetSpec, raw_key: str, con: duckdb.DuckDBPyConnection,
@@ -408,10 +430,7 @@ def _validated_chunks(spec: DatasetSpec, raw_key: str, names: list[str], new_col
 
 def _validated(spec: DatasetSpec, raw_key: str, source: str, names: list[str], new_columns: list[str],
                con: duckdb.DuckDBPyConnection, rows: pa.Table | None, rejected: list[dict]) -> FileRead:
-    try:
-        valid, bad = _type_and_validate(spec, source, names, new_columns, con, rows)
-    except duckdb.Error as exc:
-        raise IngestError(f"{spec.key}: {raw_key}: cannot read {spec.source.format}: {_first_line(exc)}") from None
+    valid, bad = _type_and_validate(spec, source, names, new_columns, con, rows)
     return FileRead(raw_key, valid.num_rows + len(bad) + len(rejected), valid, rejected + bad, new_columns)
 
 
@@ -420,7 +439,14 @@ def _escape(text: str) -> str:
 
 
 def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0][:300]
+    return (str(exc).strip().splitlines() or [""])[0][:300]
+
+
+def _described(exc: Exception) -> str:
+    """What a reader's exception says, in a line, with its type where the message may not say it."""
+    if isinstance(exc, (CorruptArchive, duckdb.Error, pa.ArrowException)):  # these messages say what failed
+        return _first_line(exc)
+    return f"{type(exc).__name__}: {_first_line(exc)}".rstrip(": ")
 
 
 def _csv_header(storage: Storage, spec: DatasetSpec, raw_key: str) -> list[str]:
@@ -428,9 +454,11 @@ def _csv_header(storage: Storage, spec: DatasetSpec, raw_key: str) -> list[str]:
     opts = spec.source.csv
     if not opts.header:
         raise IngestError(f"{spec.key}: {raw_key}: CSV without a header row is not supported", "source.csv.header")
-    with storage.open(raw_key) as f:
-        head = f.read(1 << 16).decode(opts.encoding, errors="replace")
-    header = next(csv.reader(io.StringIO(head), delimiter=opts.delimiter, quotechar=opts.quote_char), [])
+    with open_data(storage, raw_key) as f:
+        # utf-8-sig: a byte order mark (as spreadsheets write) is not part of the first name
+        head = f.read(1 << 16).decode("utf-8-sig" if opts.encoding == "utf-8" else opts.encoding, errors="replace")
+    # newline="": a header ended by a CR alone (old Mac line ends) is a line of its own
+    header = next(csv.reader(io.StringIO(head, newline=""), delimiter=opts.delimiter, quotechar=opts.quote_char), [])
     names = [h.strip().lower() for h in header]
     if not names or len(set(names)) != len(names) or not all(names):
         raise IngestError(f"{spec.key}: {raw_key}: header row {header!r} is empty or has duplicate names", "header")
@@ -445,7 +473,7 @@ def _read_csv_duckdb(spec: DatasetSpec, raw_key: str, path: str, names: list[str
     columns = "{" + ", ".join(f"'{_escape(n)}': 'VARCHAR'" for n in names) + "}"
     nulls = "[" + ", ".join(sql_literal(v) for v in opts.null_values) + "]"
     q = sql_literal(opts.quote_char)
-    source = (f"read_csv('{_escape(path)}', header=true, hive_partitioning=false, auto_detect=false, columns={columns}, "
+    source = (f"read_csv('{_escape(path)}', header=true, hive_partitioning=false, compression='none', auto_detect=false, columns={columns}, "
               f"delim={sql_literal(opts.delimiter)}, quote={q}, escape={q}, nullstr={nulls}, "
               f"encoding={sql_literal(opts.encoding)}, strict_mode=true, store_rejects=true, "
               f"rejects_table='csv_rejects', rejects_scan='csv_reject_scans')")
@@ -485,7 +513,7 @@ def _csv_chunks(storage: Storage, spec: DatasetSpec, raw_key: str, names: list[s
     for types in ([typed, {}] if typed else [{}]):
         column_types = {n: types.get(n, pa.string()) for n in names}
         try:
-            with storage.open(raw_key) as f:
+            with open_data(storage, raw_key) as f:
                 reader = pa_csv.open_csv(
                     f, read_options=pa_csv.ReadOptions(column_names=names, skip_rows=1, encoding=opts.encoding,
                                                        block_size=CSV_BLOCK_BYTES),
@@ -515,15 +543,12 @@ def _csv_chunks(storage: Storage, spec: DatasetSpec, raw_key: str, names: list[s
             raise MalformedCsv(raw_key) from None
 
 
-def _parquet_chunks(spec: DatasetSpec, raw_key: str, parquet: pq.ParquetFile) -> Iterator[pa.Table]:
+def _parquet_chunks(parquet: pq.ParquetFile) -> Iterator[pa.Table]:
     """The file's rows, with `_row`, a chunk at a time (row groups decoded as needed)."""
     done = 0
-    try:
-        for batches in _chunked(parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS)):
-            yield _numbered_chunk(pa.Table.from_batches(batches, parquet.schema_arrow), done)
-            done += sum(b.num_rows for b in batches)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise IngestError(f"{spec.key}: {raw_key}: cannot read parquet: {_first_line(exc)}") from None
+    for batches in _chunked(parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS)):
+        yield _numbered_chunk(pa.Table.from_batches(batches, parquet.schema_arrow), done)
+        done += sum(b.num_rows for b in batches)
     if not done:
         yield _numbered_chunk(parquet.schema_arrow.empty_table(), 0)
 
@@ -554,7 +579,7 @@ def _numbered(con: duckdb.DuckDBPyConnection, table: str, view: str) -> str:
 
 def _read_jsonl(spec: DatasetSpec, path: str, con: duckdb.DuckDBPyConnection) -> str:
     con.execute(f"CREATE OR REPLACE TEMP TABLE json_raw AS "
-                f"SELECT json FROM read_ndjson_objects('{_escape(path)}', hive_partitioning=false)")
+                f"SELECT json FROM read_ndjson_objects('{_escape(path)}', hive_partitioning=false, compression='uncompressed')")
     _numbered(con, "json_raw", "json_lines")
     keys = [k for (k,) in con.execute(
         "SELECT DISTINCT unnest(json_keys(json)) AS k FROM json_lines ORDER BY k").fetchall()]
@@ -809,15 +834,23 @@ def stage(lake: Lake, spec: DatasetSpec, batches: date | list[date] | None = Non
                 reads.append((writer.add_file(f, con), f))
             except IngestError as exc:
                 report.quarantined_files.append(_quarantine_file(lake, spec, f, exc, run_id))
+        data_files = writer.data_files
+    except BaseException:  # storage down: the table stays as it was, without the files written for it
+        writer.discard()
+        raise
     finally:
         con.close()
         writer.close()
+    where = In("_batch_date", days) if spec.daily_partitioned else AlwaysTrue()
+    try:
+        retry_commit(lambda: replace_rows_with_files(lake.load_table(spec.staged_namespace, spec.name), where,
+                                                     data_files))
+    except CommitFailedException:  # conflicts outlasted the retries: never committed (any other error may have)
+        writer.discard()
+        raise
     report.rows_staged, report.preview = writer.rows_staged, writer.preview
     report.rows_in = sum(r.rows_in for r, _ in reads)
     report.new_columns = sorted({c for r, _ in reads for c in r.new_columns})
-    where = In("_batch_date", days) if spec.daily_partitioned else AlwaysTrue()
-    retry_commit(lambda: replace_rows_with_files(lake.load_table(spec.staged_namespace, spec.name), where,
-                                                 writer.data_files))
     _record(lake, spec, report, reads, writer.rejected, run_id)
     return report
 
@@ -969,6 +1002,11 @@ class _BatchWriter:
         self.rejected += rejected
         self.rows_staged += rows_staged
         return totals
+
+    def discard(self) -> None:
+        """Delete the data files written so far (the batch will not be committed)."""
+        for data_file in self.data_files:
+            self.table.io.delete(data_file.file_path)
 
     def _keys_in(self, data_files: list[DataFile]) -> pa.Table:
         keys = self.spec.primary_key

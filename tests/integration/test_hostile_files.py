@@ -183,7 +183,7 @@ class Batches:
     """One lake for a format's examples, each example a daily batch of its own (a fresh lake per
     example would spend most of the time creating catalogs)."""
 
-    EXAMPLES_PER_LAKE = 40  # the system tables' metadata grows with every commit
+    EXAMPLES_PER_LAKE = 5  # the system tables' metadata grows with every commit
 
     def __init__(self, tmp_path_factory, fmt: str):
         self.tmp, self.fmt, self.spec, self.used, self.lake = tmp_path_factory, fmt, fuzz_spec(fmt), 0, None
@@ -242,7 +242,7 @@ def deliver_and_stage(batches: Batches, good_count: int, plans: list[list[tuple]
     assert outcome.passed, outcome.description
 
 
-FUZZ = settings(max_examples=70, derandomize=True, database=None, deadline=None,
+FUZZ = settings(max_examples=100, derandomize=True, database=None, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 

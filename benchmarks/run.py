@@ -22,7 +22,8 @@ from pathlib import Path
 from benchmarks.harness import ROOT, machine, versions
 
 SCENARIOS = {"1": "csv_ingest", "2": "postgres_extract", "3": "cdc_merge", "4": "sensor_tick",
-             "5": "code_location_load", "6": "backfill", "7": "large_csv", "8": "table_maintenance"}
+             "5": "code_location_load", "6": "backfill", "7": "large_csv", "8": "table_maintenance",
+             "9": "small_files_burst"}
 DOCS = ROOT / "docs"
 RESULTS = DOCS / "benchmarks" / "results.json"
 PEERS = ("quayside", "dlt", "pyiceberg", "dagster", "dagster-aws", "duckdb", "pyarrow", "psycopg", "connectorx")

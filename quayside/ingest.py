@@ -330,6 +330,9 @@ CHUNK_BYTES = 32 << 20
 # With one write in flight the reader waited for the writer 1.8 s of S1's 7.6 s stage; with two,
 # both cores stay busy (stage 6.3-6.7 s, ~80 MB more memory).
 WRITES_IN_FLIGHT = 2
+# Chunks smaller than this (small files) are held and written together, up to this size: one more
+# chunk's memory, and a burst of one-row files makes a few data files instead of one per file.
+HELD_BYTES = CHUNK_BYTES
 # pyarrow's streaming reader reads up to 32 blocks ahead of the consumer: small blocks keep that
 # buffer at 32 MB (with 64 MB blocks it held 2 GB of a 2 GB file).
 CSV_BLOCK_BYTES = 1 << 20
@@ -834,7 +837,7 @@ def stage(lake: Lake, spec: DatasetSpec, batches: date | list[date] | None = Non
                 reads.append((writer.add_file(f, con), f))
             except IngestError as exc:
                 report.quarantined_files.append(_quarantine_file(lake, spec, f, exc, run_id))
-        data_files = writer.data_files
+        data_files = writer.finish()
     except BaseException:  # storage down: the table stays as it was, without the files written for it
         writer.discard()
         raise
@@ -940,13 +943,19 @@ class _BatchWriter:
 
     A chunk gets its lineage columns and is written to Parquet on a writer thread while the next
     chunk (of the same file or the next) is read, validated and de-duplicated; both release the
-    GIL, so two cores work at once. At most WRITES_IN_FLIGHT writes are pending, which bounds memory."""
+    GIL, so two cores work at once. At most WRITES_IN_FLIGHT writes are pending, which bounds memory.
+
+    Small chunks (small files) are held, with the next files', up to HELD_BYTES and written as one
+    data file. They are written only between files, so a file that fails leaves no rows in
+    anything written."""
 
     def __init__(self, lake: Lake, spec: DatasetSpec, table: Table):
         self.lake, self.spec, self.table = lake, spec, table
         self.seen = _SeenKeys(spec)
         self.files_written: list[list[DataFile]] = []  # each staged file's data files
         self.pending: deque[tuple[Future, list[DataFile]]] = deque()  # (write in flight, where its files go)
+        self.held: list[tuple[pa.Table, dict]] = []  # (small chunk, its file) not written yet
+        self.held_bytes = 0
         self.writes = ThreadPoolExecutor(max_workers=WRITES_IN_FLIGHT, thread_name_prefix="quayside-stage-write")
         self.rejected: list[dict] = []
         self.rows_staged = 0
@@ -954,8 +963,21 @@ class _BatchWriter:
 
     @property
     def data_files(self) -> list[DataFile]:
+        """The data files written so far (not those of the rows still held)."""
         self._settle(0)
         return [data_file for files in self.files_written for data_file in files]
+
+    def finish(self) -> list[DataFile]:
+        """Write what is held; all the batch's data files."""
+        self._write_held()
+        return self.data_files
+
+    def _write_held(self) -> None:
+        if self.held:
+            written: list[DataFile] = []
+            self.pending.append((self.writes.submit(_write_staged_files, self.table, self.held), written))
+            self.files_written.append(written)
+            self.held, self.held_bytes = [], 0
 
     def _settle(self, in_flight: int) -> None:
         """Wait until at most `in_flight` writes are pending."""
@@ -978,8 +1000,12 @@ class _BatchWriter:
                     with self.table.update_schema() as update:
                         update.union_by_name(staged.schema.remove(staged.schema.get_field_index("_row")))
                     self.table = self.lake.load_table(self.spec.staged_namespace, self.spec.name)
-                self.pending.append((self.writes.submit(_write_staged, self.table, staged, f), written))
-                self._settle(WRITES_IN_FLIGHT)
+                if self.held_bytes + staged.nbytes < HELD_BYTES:
+                    self.held.append((staged, f))
+                    self.held_bytes += staged.nbytes
+                else:
+                    self.pending.append((self.writes.submit(_write_staged_files, self.table, [(staged, f)]), written))
+                    self._settle(WRITES_IN_FLIGHT)
                 rows_staged += staged.num_rows
                 if self.preview is None and staged.num_rows:  # a copy: a slice would keep the chunk's buffers alive
                     first = staged.take(pa.array(np.arange(min(10, staged.num_rows))))
@@ -989,6 +1015,8 @@ class _BatchWriter:
                 totals.rows_in += read.rows_in
                 totals.new_columns = read.new_columns
         except BaseException:
+            self.held = [(t, held_for) for t, held_for in self.held if held_for is not f]
+            self.held_bytes = sum(t.nbytes for t, _ in self.held)
             mine = [write for write, files in self.pending if files is written]
             self.pending = deque(entry for entry in self.pending if entry[1] is not written)
             for write in mine:  # the files a failed write got to are lost with it
@@ -999,6 +1027,8 @@ class _BatchWriter:
                 self.table.io.delete(data_file.file_path)
             raise
         self.files_written.append(written)
+        if self.held_bytes >= HELD_BYTES // 2:
+            self._write_held()
         self.rejected += rejected
         self.rows_staged += rows_staged
         return totals
@@ -1009,18 +1039,21 @@ class _BatchWriter:
             self.table.io.delete(data_file.file_path)
 
     def _keys_in(self, data_files: list[DataFile]) -> pa.Table:
+        """The key columns of the rows in `data_files` and of those held."""
         keys = self.spec.primary_key
-        return pa.concat_tables([pq.read_table(self.table.io.new_input(f.file_path).open(), columns=keys)
-                                 for f in data_files]) if data_files else pa.table({k: [] for k in keys})
+        tables = [pq.read_table(self.table.io.new_input(f.file_path).open(), columns=keys) for f in data_files]
+        tables += [held.select(keys) for held, _ in self.held]
+        return pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({k: [] for k in keys})
 
     def close(self) -> None:
         self.writes.shutdown()
         self.seen.close()
 
 
-def _write_staged(table: Table, staged: pa.Table, f: dict) -> list[DataFile]:
-    """A chunk's rows of file `f`, with their lineage, as data files of the staged table."""
-    data = conform(_with_lineage(staged, f), table.schema().as_arrow())
+def _write_staged_files(table: Table, chunks: list[tuple[pa.Table, dict]]) -> list[DataFile]:
+    """Chunks of staged rows, each with the lineage of its file, as data files of the staged table."""
+    schema = table.schema().as_arrow()
+    data = pa.concat_tables([conform(_with_lineage(staged, f), schema) for staged, f in chunks])
     return write_slices(table, partition_slices(table, data))
 
 

@@ -245,6 +245,7 @@ def small_chunks(monkeypatch):
     monkeypatch.setattr(ingest, "CSV_BLOCK_BYTES", 1024)
     monkeypatch.setattr(ingest, "PARQUET_BATCH_ROWS", 100)
     monkeypatch.setattr(ingest, "CHUNK_BYTES", 1024)
+    monkeypatch.setattr(ingest, "HELD_BYTES", 1024)  # each chunk its own data file
 
 
 def test_a_file_is_staged_in_chunks_with_file_row_numbers_and_duplicates_across_chunks(local_lake, small_chunks):
@@ -314,6 +315,23 @@ def test_a_malformed_row_late_in_a_file_leaves_no_trace_of_the_chunks_already_wr
     referenced = {Path(p).name for p in table.inspect.files()["file_path"].to_pylist()}
     on_disk = {p.name for p in Path(table.location().removeprefix("file://"), "data").rglob("*.parquet")}
     assert on_disk == referenced  # the abandoned first read's data files were deleted
+
+
+def test_small_files_are_written_together_and_a_file_that_fails_midway_leaves_none_of_its_rows(local_lake, monkeypatch):
+    """Chunks of a few dozen rows, all held to be written as one data file: a malformed row late in
+    a file sends it back to be read again, and none of its first read's held rows stay."""
+    monkeypatch.setattr(ingest, "CSV_BLOCK_BYTES", 1024)
+    monkeypatch.setattr(ingest, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(ingest, "HELD_BYTES", 1 << 20)
+    spec = population_spec(source={"pattern": r"pop_(?P<date>\d{4}-\d{2}-\d{2})_\d+\.csv"})
+    small = [HEADER + b"".join(b"2026-11-01,Y%c%c,1,A\n" % (65 + n, 65 + i) for i in range(2)) for n in range(20)]
+    for n, body in enumerate(small[:10] + [many_rows(2000, {1800: b"2026-11-01,ZZZ\n"})] + small[10:]):
+        deliver(local_lake, f"pop_2026-11-01_{n:02d}.csv", body)
+    report = run(local_lake, spec)
+    assert (report.rows_in, report.rows_staged, report.rows_quarantined) == (2040, 2039, 1)
+    assert len(local_lake.load_table(spec.staged_namespace, spec.name).inspect.files()) == 1
+    assert local_lake.connect().sql("SELECT count(*), count(DISTINCT establishment_code) "
+                                    "FROM staged_prisons.population").fetchone() == (2039, 2039)
 
 
 def test_a_parquet_file_is_staged_in_chunks_with_file_row_numbers(local_lake, small_chunks):

@@ -132,8 +132,8 @@ def test_two_runs_staging_one_table_at_once_lose_and_double_nothing(tmp_path, ta
 @pytest.mark.slow
 def test_a_burst_of_ten_thousand_small_files_is_ingested_once_in_a_few_runs(local_lake):
     """10,000 files of one dataset land at once, over five days: the sensor's poll hands them out
-    as one batch per day (five runs, not ten thousand), each file is staged exactly once, and a
-    second poll and re-runs find nothing new to do."""
+    as one batch per day (five runs, not ten thousand), each file is staged exactly once (in one
+    data file a day), and a second poll finds nothing new to do."""
     days = [DAY + timedelta(days=n) for n in range(5)]
     spec = population_spec(source={"pattern": r"pop_(?P<date>\d{4}-\d{2}-\d{2})_\d+\.csv"})
     for day in days:
@@ -157,3 +157,5 @@ def test_a_burst_of_ten_thousand_small_files_is_ingested_once_in_a_few_runs(loca
     assert con.sql(f"SELECT count(*), count(DISTINCT _source_file) FROM staged_prisons.population").fetchone() \
         == (10_000, 10_000)
     assert con.sql("SELECT count(*), count(DISTINCT raw_key) FROM staged.loads").fetchone() == (10_000, 10_000)
+    table = local_lake.load_table(spec.staged_namespace, spec.name)
+    assert len(table.inspect.files()) == 5  # the small files' rows written together: one data file a day

@@ -116,6 +116,26 @@ def cmd_serve_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_access(args: argparse.Namespace) -> int:
+    from quayside.access import AccessError, AccessSettings, generate, write_folder
+    from quayside.specs import load_specs
+
+    try:
+        settings = AccessSettings.from_env(
+            bucket=args.bucket, account_id=args.account_id, region=args.region, catalog_id=args.catalog_id,
+            analyst_workgroup=args.workgroup, platform_workgroup=args.platform_workgroup, prefix=args.prefix)
+        document = generate(load_specs(Path(args.datasets)), settings)
+    except AccessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.out:
+        for path in write_folder(document, Path(args.out)):
+            print(f"wrote {path}")
+    else:
+        print(json.dumps(document, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="quayside", description="Quayside data lake")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -156,6 +176,21 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("dbt-sources", help="regenerate the dbt sources from the dataset specs")
     p.add_argument("--datasets", default=str(Path(__file__).resolve().parent.parent / "lake_assets" / "datasets"))
     p.set_defaults(func=cmd_dbt_sources)
+    p = sub.add_parser("access", help="IAM policies and Lake Formation grants generated from the dataset specs")
+    p.add_argument("--bucket", help="the lake's bucket (default QUAYSIDE_BUCKET)")
+    p.add_argument("--account-id", help="AWS account of the roles and Athena (default AWS_ACCOUNT_ID)")
+    p.add_argument("--region", help="region of Glue and Athena (default AWS_REGION, else eu-west-2)")
+    p.add_argument("--catalog-id", help="account of the Glue Data Catalog (default QUAYSIDE_GLUE_CATALOG_ID, "
+                                        "else the account id)")
+    p.add_argument("--workgroup", help="analysts' Athena workgroup; '{domain}' is replaced by the domain "
+                                       "(default QUAYSIDE_ATHENA_WORKGROUP, else primary)")
+    p.add_argument("--platform-workgroup", help="table maintenance's workgroup (default QUAYSIDE_ATHENA_WORKGROUP, "
+                                                "else primary)")
+    p.add_argument("--prefix", help="of role and policy names (default quayside)")
+    p.add_argument("--out", help="write iam/<policy>.json, principals.json and lakeformation.json here "
+                                 "instead of printing one JSON document")
+    p.add_argument("--datasets", default=str(Path(__file__).resolve().parent.parent / "lake_assets" / "datasets"))
+    p.set_defaults(func=cmd_access)
     args = parser.parse_args(argv)
     return args.func(args)
 

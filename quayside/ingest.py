@@ -42,6 +42,7 @@ from pyiceberg.table import Table
 from quayside.delivered import CorruptArchive, StorageUnavailable, compression_of, local_data, open_data
 from quayside.iceberg_files import partition_slices, replace_rows_with_files, write_slices
 from quayside.lake import CopyMismatch, Lake, Storage
+from quayside.raw_tables import register_landed
 from quayside.specs import IDENTIFIER, LINEAGE_COLUMNS, Column, DatasetSpec
 
 SYSTEM_NAMESPACE_TABLES = {
@@ -251,6 +252,7 @@ def land(lake: Lake, spec: DatasetSpec, keys: list[str] | None = None, run_id: s
             if not copy.cancelled() and copy.exception() is None:
                 lake.raw.delete(copy.result()[0])
     rows = report.accepted + report.duplicates
+    register_landed(lake, spec, [r["raw_key"] for r in report.accepted])  # raw_<domain>.<name>; a re-run retries it
     if rows:
         retry_commit(lambda: system_table(lake, "raw", "manifest").append(
             pa.Table.from_pylist(rows, schema=SYSTEM_NAMESPACE_TABLES[("raw", "manifest")])))

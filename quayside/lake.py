@@ -454,6 +454,10 @@ class Lake:
                 f'CREATE OR REPLACE VIEW "{info.namespace}"."{info.name}" AS '
                 f"SELECT * FROM iceberg_scan('{info.metadata_location}')"
             )
+        if self.settings.profile == "local":  # the raw zone's files as `raw_<domain>.<name>` (on aws: Glue, for Athena)
+            from quayside.raw_tables import create_views
+
+            create_views(self, con)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -72,6 +73,18 @@ def moto() -> Iterator[str]:
         yield f"http://{host}:{port}"
     finally:
         server.stop()
+
+
+@contextmanager
+def moto_with_iam(unchecked_requests: int) -> Iterator[str]:
+    """A moto server with IAM authorisation enforced; yields its endpoint URL. The first
+    `unchecked_requests` requests pass unchecked (to create buckets, users, policies and keys);
+    every later one must be signed by an IAM user's key and allowed by that user's policies.
+    Its own process: moto reads INITIAL_NO_AUTH_ACTION_COUNT at import and counts in class state."""
+    port = free_port()
+    env = os.environ | {"INITIAL_NO_AUTH_ACTION_COUNT": str(unchecked_requests)}
+    with _process([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], port, env=env):
+        yield f"http://127.0.0.1:{port}"
 
 
 @contextmanager

@@ -54,9 +54,15 @@ def lake(request, tmp_path) -> Lake:
 
 def drop_all_tables(lake: Lake) -> None:
     """Glue (unlike a bucket) is shared by the session's lakes: leave it empty for the next test."""
+    from quayside.raw_tables import glue_client
+
+    glue = glue_client(lake)
     for (namespace,) in lake.catalog.list_namespaces():
         for ident in lake.catalog.list_tables(namespace):
             lake.catalog.drop_table(ident)
+        # raw_<domain> holds the raw zone's Hive tables (quayside.raw_tables), which pyiceberg doesn't list
+        for table in glue.get_tables(DatabaseName=namespace)["TableList"]:
+            glue.delete_table(DatabaseName=namespace, Name=table["Name"])
         lake.catalog.drop_namespace(namespace)
 
 

@@ -19,6 +19,7 @@ from quayside.ingest import LandReport, StageReport, land, stage
 from quayside.specs import DatasetSpec
 from resources import LakeResource
 from resources.connections import connection_keys, open_source
+from sensors import run_tags
 from sensors.extract import build_extract_sensor
 from sensors.landing import build_landing_sensor
 
@@ -187,7 +188,7 @@ def catch_up_schedule(spec: DatasetSpec, partitions: dg.DailyPartitionsDefinitio
             partition_key = partitions.get_last_partition_key()
         if partition_key is None:
             return dg.SkipReason(f"{spec.key} has no daily batch yet")
-        return dg.RunRequest(run_key=partition_key, partition_key=partition_key,
+        return dg.RunRequest(run_key=partition_key, partition_key=partition_key, tags=run_tags(spec),
                              asset_selection=[raw_key_of(spec), staged_key_of(spec)])
 
     return catch_up

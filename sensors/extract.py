@@ -5,6 +5,7 @@ import dagster as dg
 
 from quayside.specs import DatasetSpec
 from resources.connections import connection_keys, open_source
+from sensors import run_tags
 
 
 def build_extract_sensor(spec: DatasetSpec, targets: list[dg.AssetKey]) -> dg.SensorDefinition:
@@ -23,6 +24,6 @@ def build_extract_sensor(spec: DatasetSpec, targets: list[dg.AssetKey]) -> dg.Se
         if news is None:
             return dg.SkipReason(f"nothing new in {what}")
         # The run key names the new state: the same news never starts two runs.
-        return dg.RunRequest(run_key=f"{spec.key}:extract:{news}", tags={"quayside/dataset": spec.key})
+        return dg.RunRequest(run_key=f"{spec.key}:extract:{news}", tags=run_tags(spec))
 
     return extract_sensor

@@ -10,6 +10,7 @@ import dagster as dg
 from quayside.specs import DatasetSpec
 from quayside.watch import LandingCursor, poll
 from resources.connections import connection_keys, open_source
+from sensors import run_tags
 
 
 def raw_op_name(spec: DatasetSpec) -> str:
@@ -40,7 +41,7 @@ def build_landing_sensor(spec: DatasetSpec, targets: list[dg.AssetKey],
                 run_key=f"{spec.key}:{batch.batch_date or 'all'}:{digest}",
                 partition_key=batch.batch_date.isoformat() if batch.batch_date else None,
                 run_config={"ops": {raw_op_name(spec): {"config": {"files": batch.keys}}}},
-                tags={"quayside/dataset": spec.key, "quayside/files": str(len(batch.keys))},
+                tags=run_tags(spec) | {"quayside/files": str(len(batch.keys))},
             ))
         waiting = f", {len(cursor.pending)} still being written" if cursor.pending else ""
         return dg.SensorResult(

@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from quayside.ingest import column_checks, files_for_batches, sql_literal, staged_schema
+from quayside.ingest import column_checks, files_for_batches, staged_schema
 from quayside.lake import Lake
-from quayside.specs import DatasetSpec
+from quayside.specs import DatasetSpec, sql_literal
 
 
 @dataclass

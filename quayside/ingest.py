@@ -43,7 +43,7 @@ from quayside.delivered import CorruptArchive, StorageUnavailable, compression_o
 from quayside.iceberg_files import partition_slices, replace_rows_with_files, write_slices
 from quayside.lake import CopyMismatch, Lake, Storage
 from quayside.raw_tables import register_landed
-from quayside.specs import IDENTIFIER, LINEAGE_COLUMNS, Column, DatasetSpec
+from quayside.specs import IDENTIFIER, LINEAGE_COLUMNS, Column, DatasetSpec, sql_literal
 
 SYSTEM_NAMESPACE_TABLES = {
     ("raw", "manifest"): pa.schema([
@@ -108,12 +108,6 @@ def arrow_type(column: Column) -> pa.DataType:
 def staged_schema(spec: DatasetSpec) -> pa.Schema:
     return pa.schema([pa.field(c.name, arrow_type(c)) for c in spec.columns] + [
         ("_source_file", pa.string()), ("_batch_date", pa.date32()), ("_ingested_at", pa.timestamp("us", tz="UTC"))])
-
-
-def sql_literal(value: object) -> str:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return repr(value)
-    return "'" + str(value).replace("'", "''") + "'"
 
 
 def now_utc() -> datetime:
@@ -977,9 +971,13 @@ class _BatchWriter:
     def _write_held(self) -> None:
         if self.held:
             written: list[DataFile] = []
-            self.pending.append((self.writes.submit(_write_staged_files, self.table, self.held), written))
+            self._submit(self.held, written)
             self.files_written.append(written)
             self.held, self.held_bytes = [], 0
+
+    def _submit(self, chunks: list[tuple[pa.Table, dict]], written: list[DataFile]) -> None:
+        """Write `chunks` on a writer thread; their data files go to `written`."""
+        self.pending.append((self.writes.submit(_write_staged_files, self.table, chunks), written))
 
     def _settle(self, in_flight: int) -> None:
         """Wait until at most `in_flight` writes are pending."""
@@ -1006,7 +1004,7 @@ class _BatchWriter:
                     self.held.append((staged, f))
                     self.held_bytes += staged.nbytes
                 else:
-                    self.pending.append((self.writes.submit(_write_staged_files, self.table, [(staged, f)]), written))
+                    self._submit([(staged, f)], written)
                     self._settle(WRITES_IN_FLIGHT)
                 rows_staged += staged.num_rows
                 if self.preview is None and staged.num_rows:  # a copy: a slice would keep the chunk's buffers alive

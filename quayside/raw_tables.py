@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 
 import duckdb
 
-from quayside.specs import IDENTIFIER, Column, CsvOptions, DatasetSpec, check_identifier
+from quayside.specs import IDENTIFIER, Column, CsvOptions, DatasetSpec, check_identifier, sql_literal
 
 if TYPE_CHECKING:
     from quayside.lake import Lake
@@ -157,16 +157,10 @@ def register_all(lake: Lake, specs: Iterable[DatasetSpec]) -> dict[str, int]:
     one listing of each dataset's raw folder. Returns ingest days per dataset."""
     registered = {}
     for spec in specs:
-        if not registrable(spec):
-            continue
-        keys = [f.key for f in lake.raw.list(prefix(spec) + "/")]
-        days = {d for d in map(ingest_day, keys) if d is not None}
-        if lake.settings.profile == "aws":
-            if days:
-                _register_glue(lake, spec, days)
-        else:
-            _register_local(lake, spec, {s for k in keys if (s := readable_suffix(k, spec.source.format))})
-        registered[spec.key] = len(days)
+        if registrable(spec):
+            keys = [f.key for f in lake.raw.list(prefix(spec) + "/")]
+            register_landed(lake, spec, keys)
+            registered[spec.key] = len({d for d in map(ingest_day, keys) if d is not None})
     return registered
 
 
@@ -269,19 +263,19 @@ def _register_glue(lake: Lake, spec: DatasetSpec, days: set[date]) -> None:
     wanted = table_input(lake, spec)
     _ensure_glue_table(lake, spec, wanted)
     glue, sd = glue_client(lake), wanted["StorageDescriptor"]
+    create = functools.partial(glue.batch_create_partition, **_catalog(lake), DatabaseName=namespace(spec),
+                               TableName=spec.name)
     ordered = sorted(days)
     for start in range(0, len(ordered), GLUE_BATCH):
         partitions = [{"Values": [day.isoformat()],
                        "StorageDescriptor": sd | {"Location": f"{sd['Location']}{PARTITION_KEY}={day.isoformat()}/"}}
                       for day in ordered[start:start + GLUE_BATCH]]
         try:
-            answer = glue.batch_create_partition(**_catalog(lake), DatabaseName=namespace(spec), TableName=spec.name,
-                                                 PartitionInputList=partitions)
+            answer = create(PartitionInputList=partitions)
         except glue.exceptions.EntityNotFoundException:  # the table was dropped since this process checked it
             _UP_TO_DATE.clear()
             _ensure_glue_table(lake, spec, wanted)
-            answer = glue.batch_create_partition(**_catalog(lake), DatabaseName=namespace(spec), TableName=spec.name,
-                                                 PartitionInputList=partitions)
+            answer = create(PartitionInputList=partitions)
         failed = [e for e in answer.get("Errors", []) if e["ErrorDetail"]["ErrorCode"] != "AlreadyExistsException"]
         if failed:
             detail = failed[0]["ErrorDetail"]
@@ -326,10 +320,6 @@ def _register_local(lake: Lake, spec: DatasetSpec, suffixes: set[str]) -> None:
         os.replace(tmp, path)
 
 
-def _literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def _ident(name: str) -> str:
     return '"' + check_identifier(name, "column name") + '"'
 
@@ -357,20 +347,20 @@ def view_sql(lake: Lake, document: dict, files: list[str] | None = None) -> tupl
     paths = file_globs(lake, document) if files is None else files
     if not paths:
         raise ValueError("no readable files")
-    globs = "[" + ", ".join(map(_literal, paths)) + "]"
+    globs = "[" + ", ".join(map(sql_literal, paths)) + "]"
     hive = f"hive_partitioning=true, hive_types={{'{PARTITION_KEY}': 'DATE'}}"
     if fmt == "csv":
         csv = CsvOptions.model_validate(document["csv"])
-        types = ", ".join(f"{_literal(c.name)}: 'VARCHAR'" for c in cols)
-        nulls = f", nullstr=[{', '.join(map(_literal, csv.null_values))}]" if csv.null_values else ""
+        types = ", ".join(f"{sql_literal(c.name)}: 'VARCHAR'" for c in cols)
+        nulls = f", nullstr=[{', '.join(map(sql_literal, csv.null_values))}]" if csv.null_values else ""
         source = (f"read_csv({globs}, columns={{{types}}}, header={str(csv.header).lower()}, auto_detect=false, "
-                  f"delim={_literal(csv.delimiter)}, quote={_literal(csv.quote_char)}, "
-                  f"escape={_literal(csv.quote_char)}, encoding={_literal(csv.encoding)}{nulls}, "
+                  f"delim={sql_literal(csv.delimiter)}, quote={sql_literal(csv.quote_char)}, "
+                  f"escape={sql_literal(csv.quote_char)}, encoding={sql_literal(csv.encoding)}{nulls}, "
                   f"null_padding=true, strict_mode=false, ignore_errors=true, {hive})")
         select = ", ".join(_ident(c.name) for c in cols)
     elif fmt == "jsonl":
         # Read as text, then typed value by value: a value of the wrong type is NULL, not its whole line.
-        types = ", ".join(f"{_literal(c.source)}: 'VARCHAR'" for c in cols)
+        types = ", ".join(f"{sql_literal(c.source)}: 'VARCHAR'" for c in cols)
         source = f"read_json({globs}, format='newline_delimited', columns={{{types}}}, ignore_errors=true, {hive})"
         select = ", ".join(f'"{c.source}" AS {_ident(c.name)}' if c.duckdb_type(fmt) == "VARCHAR" else
                            f'TRY_CAST("{c.source}" AS {c.duckdb_type(fmt)}) AS {_ident(c.name)}' for c in cols)
@@ -420,7 +410,7 @@ def create_views(lake: Lake, con: duckdb.DuckDBPyConnection) -> None:
         except Exception as exc:  # noqa: BLE001 - duckdb, pydantic and key errors alike: report, don't fail
             message = f"raw_{domain}.{name} cannot be read: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
             log.info(message)
-            con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT error({_literal(message)}) AS error")
+            con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT error({sql_literal(message)}) AS error")
 
 
 def _readable_parquet(con: duckdb.DuckDBPyConnection, globs: list[str]) -> tuple[list[str], list[str]]:

@@ -35,6 +35,13 @@ def check_identifier(value: str, what: str = "identifier") -> str:
     return value
 
 
+def sql_literal(value: object) -> str:
+    """A value from data or config as a SQL literal (numbers as they are, anything else quoted)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return repr(value)
+    return "'" + str(value).replace("'", "''") + "'"
+
+
 def check_relative_path(value: str, what: str = "path") -> str:
     """A relative POSIX path inside a zone: no absolute paths, no '..', no backslashes or NULs."""
     if not value:

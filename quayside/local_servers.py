@@ -139,9 +139,25 @@ AllowTcpForwarding no
                "known_hosts": str(known_hosts), "private_key_path": str(home / "client")}, data
 
 
+def _tls_certificate(folder: Path, ca_file: Path) -> tuple[Path, Path]:
+    """A fresh CA (its certificate written to `ca_file`) and a server certificate it signed for
+    127.0.0.1, so that clients can verify the server as they do RDS (sslmode=verify-full)."""
+    key, csr, cert, ca_key = folder / "server.key", folder / "server.csr", folder / "server.pem", folder / "ca.key"
+    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    for args in (["req", "-x509", *ec, "-days", "2", "-subj", "/CN=quayside-test-ca", "-keyout", ca_key, "-out", ca_file],
+                 ["req", *ec, "-subj", "/CN=127.0.0.1", "-keyout", key, "-out", csr],
+                 ["x509", "-req", "-in", csr, "-CA", ca_file, "-CAkey", ca_key, "-CAcreateserial", "-days", "2",
+                  "-extfile", folder / "san.ext", "-out", cert]):
+        subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
+    key.chmod(0o600)  # PostgreSQL refuses a private key others can read
+    return cert, key
+
+
 @contextmanager
-def postgres(password: str) -> Iterator[str]:
-    """A throwaway PostgreSQL 15 cluster; TCP logins need `password` (scram-sha-256).
+def postgres(password: str, ca_file: Path | None = None) -> Iterator[str]:
+    """A throwaway PostgreSQL 15 cluster; TCP logins need `password` (scram-sha-256). With
+    `ca_file`, it speaks TLS only, with a certificate for 127.0.0.1 signed by a CA written there.
     Yields a SQLAlchemy URL without the password, for user `quayside`, database `postgres`."""
     if not (POSTGRES_BIN / "initdb").exists():
         raise FileNotFoundError(f"{POSTGRES_BIN}/initdb missing: apt-get install postgresql-15")
@@ -158,6 +174,14 @@ def postgres(password: str) -> Iterator[str]:
                         "-E", "UTF8", "--locale=C", "--auth-local=trust", "--auth-host=scram-sha-256",
                         f"--pwfile={home / 'pw'}"], check=True, stdout=subprocess.DEVNULL)
         options = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={home} -c fsync=off"
+        if ca_file is not None:
+            cert, key = _tls_certificate(home, ca_file)
+            if as_owner:
+                shutil.chown(key, "postgres")
+            options += f" -c ssl=on -c ssl_cert_file={cert} -c ssl_key_file={key}"
+            with (data / "pg_hba.conf").open("r+") as hba:  # TCP logins only over TLS
+                rules = hba.read().replace("\nhost ", "\nhostssl ")
+                hba.seek(0), hba.write(rules), hba.truncate()
         ctl = [*as_owner, str(POSTGRES_BIN / "pg_ctl"), "-D", str(data), "-l", str(home / "log")]
         subprocess.run([*ctl, "-o", options, "-w", "start"], check=True, stdout=subprocess.DEVNULL)
         try:

@@ -179,9 +179,8 @@ def postgres(password: str, ca_file: Path | None = None) -> Iterator[str]:
             if as_owner:
                 shutil.chown(key, "postgres")
             options += f" -c ssl=on -c ssl_cert_file={cert} -c ssl_key_file={key}"
-            with (data / "pg_hba.conf").open("r+") as hba:  # TCP logins only over TLS
-                rules = hba.read().replace("\nhost ", "\nhostssl ")
-                hba.seek(0), hba.write(rules), hba.truncate()
+            hba = data / "pg_hba.conf"
+            hba.write_text(hba.read_text().replace("\nhost ", "\nhostssl "))  # TCP logins only over TLS
         ctl = [*as_owner, str(POSTGRES_BIN / "pg_ctl"), "-D", str(data), "-l", str(home / "log")]
         subprocess.run([*ctl, "-o", options, "-w", "start"], check=True, stdout=subprocess.DEVNULL)
         try:
